@@ -1,0 +1,1 @@
+"""Checkpoints to ONNX graphs and a Triton model repository."""

@@ -1,0 +1,1 @@
+"""The titok-serve gateway (FastAPI). It never imports torch, ``training`` or ``export``."""
