@@ -309,11 +309,11 @@ def test_tiny_tokenizer_overfits_real_images():
     x = images.float() / 255
     cfg = TiTokConfig(
         image_size=32,
-        patch_size=4,
+        patch_size=8,
         width=64,
         depth=2,
         heads=4,
-        num_latent_tokens=32,
+        num_latent_tokens=16,
         codebook_size=256,
         decoder_head="pixel",
     )
@@ -327,11 +327,28 @@ def test_tiny_tokenizer_overfits_real_images():
 
     start = quality()
     model.train()
-    for _ in range(150):
+    usage = torch.zeros(cfg.codebook_size)
+    for step in range(300):
         recon, info = model(x)
+        usage += torch.bincount(info["indices"].flatten(), minlength=cfg.codebook_size)
         loss = F.mse_loss(recon, x) + info["quantizer_loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step % 20 == 19:  # keep the codebook alive, as the training recipes do
+            z = model.encode_latents(x).detach()
+            model.quantize.restart_unused(usage, z.permute(0, 2, 3, 1).reshape(-1, cfg.token_size))
+            usage.zero_()
     end = quality()
-    assert end > start + 6.0, f"PSNR went from {start:.2f} dB to only {end:.2f} dB"
+    assert end > start + 8.0 and end > 18.0, f"PSNR went from {start:.2f} dB to only {end:.2f} dB"
+
+
+def test_restart_unused_codes_moves_only_dead_codes():
+    vq = VectorQuantizer(10, 4, use_l2_norm=False)
+    before = vq.embedding.weight.detach().clone()
+    usage = torch.tensor([3, 0, 1, 0, 0, 2, 1, 1, 1, 1])
+    z = torch.randn(5, 4)
+    assert vq.restart_unused(usage, z) == 3
+    after = vq.embedding.weight.detach()
+    assert torch.equal(after[usage > 0], before[usage > 0])
+    assert all(any(torch.equal(after[i], row) for row in z) for i in (1, 3, 4))

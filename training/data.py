@@ -1,0 +1,229 @@
+"""Datasets: Fashion-MNIST from its IDX files, ImageNet-style image folders, and the shared preprocessing."""
+
+import functools
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dims (N, rows, cols)
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim (N,)
+_FMNIST_HINT = "run `apt-get install dataset-fashion-mnist`, or pass root=<folder holding the *-ubyte.gz files>"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset path is missing or holds no usable data; the message says which path and how to fix it."""
+
+    def __init__(self, path: str | Path, problem: str, hint: str):
+        self.path = Path(path)
+        super().__init__(f"{problem}: {self.path}. To fix: {hint}.")
+
+
+class DatasetCorruptError(ValueError):
+    """A dataset file exists but cannot be parsed (truncated download, wrong file, bad magic number)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX files)
+# ---------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx(path: str, magic: int) -> np.ndarray:
+    """Parse one (optionally gzipped) IDX file into a read-only uint8 array; cached per path."""
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a truncated gzip stream raises EOFError, a bad header OSError
+        raise DatasetCorruptError(f"cannot read IDX file {path}: {e}") from e
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetCorruptError(f"IDX file {path} is truncated ({len(raw)} bytes, header needs {header})")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DatasetCorruptError(f"IDX file {path} has magic number {found:#010x}, expected {magic:#010x}")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise DatasetCorruptError(
+            f"IDX file {path} holds {len(raw) - header} data bytes, but its header {shape} needs {expected}"
+        )
+    array = np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    array.flags.writeable = False  # shared by every caller through the cache
+    return array
+
+
+def _idx_path(root: Path, stem: str) -> Path:
+    """The gzipped IDX file under root, or its uncompressed twin; DatasetNotFoundError if neither exists."""
+    if not root.is_dir():
+        raise DatasetNotFoundError(root, "Fashion-MNIST directory not found", _FMNIST_HINT)
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise DatasetNotFoundError(root / f"{stem}.gz", "Fashion-MNIST file not found", _FMNIST_HINT)
+
+
+def load_fashion_mnist(
+    split: str = "train", root: str | Path = FASHION_MNIST_DIR, limit: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fashion-MNIST as uint8 (N, 3, 32, 32) and int64 (N,): 28x28 padded by 2 black pixels, grey -> RGB."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    prefix = "train" if split == "train" else "t10k"
+    root = Path(root)
+    images = _read_idx(str(_idx_path(root, f"{prefix}-images-idx3-ubyte")), _IDX_IMAGES_MAGIC)
+    labels = _read_idx(str(_idx_path(root, f"{prefix}-labels-idx1-ubyte")), _IDX_LABELS_MAGIC)
+    if len(images) != len(labels):
+        raise DatasetCorruptError(f"{split}: {len(images)} images but {len(labels)} labels under {root}")
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise DatasetCorruptError(f"{split}: label {labels.max()} out of range under {root}")
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]  # slice before padding: cheap for small limits
+    padded = np.zeros((len(images), 32, 32), dtype=np.uint8)  # (N, 32, 32), black border
+    padded[:, 2:30, 2:30] = images
+    out = torch.from_numpy(padded).unsqueeze(1).repeat(1, 3, 1, 1)  # (N, 3, 32, 32), a fresh copy
+    return out, torch.from_numpy(labels.astype(np.int64))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preprocessing shared with the gateway (PIL + numpy only)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _on_black(img: Image.Image) -> Image.Image:
+    """Composite an image with alpha onto black, as RGB."""
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparency is composited on black and 16/32-bit grey is rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        return _on_black(img) if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _on_black(img)
+    if img.mode.startswith("I"):  # I;16* from 16-bit PNGs; "I" is read as 16-bit range too
+        grey = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr: PIL's own conversion is right
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """Reference preprocessing: to RGB, shorter side -> size (bicubic, antialiased), centred size x size crop.
+
+    Transparent pixels are composited on black, not white: the models are trained on Fashion-MNIST, whose
+    background is black, so a cut-out object on black is closest to what they have seen. Sizes and crop
+    offsets follow torchvision's Resize(size) + CenterCrop(size) (long side truncated, offsets rounded).
+    """
+    img = to_rgb(img)
+    w, h = img.size
+    if min(w, h) != size:
+        if w <= h:
+            new_w, new_h = size, max(size, int(size * h / w))
+        else:
+            new_w, new_h = max(size, int(size * w / h)), size
+        # PIL widens the bicubic kernel when shrinking (antialias); reducing_gap first box-reduces huge images
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    w, h = img.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def pil_to_uint8_chw(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (3, H, W)."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------------
+
+
+class ImageTensorDataset(Dataset):
+    """In-memory dataset over uint8 images (N, 3, H, W) and labels (N,); items are (image, int label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...] = ()):
+        if images.dtype != torch.uint8 or images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"want uint8 (N, C, H, W) images, N labels; got {images.shape} {images.dtype}")
+        self.images, self.labels, self.classes = images, labels, tuple(classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+class ImageFolder(Dataset):
+    """ImageNet-style folder root/<class_name>/**/<image>; sorted class names give the label ids."""
+
+    def __init__(self, root: str | Path, image_size: int = 32, limit: int | None = None):
+        self.root, self.image_size = Path(root), image_size
+        hint = "point it at a folder laid out as <root>/<class_name>/<image files>"
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(self.root, "image folder not found", hint)
+        subdirs = (p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        self.classes = tuple(sorted(subdirs))
+        if not self.classes:
+            raise DatasetNotFoundError(self.root, "image folder has no class sub-folders", hint)
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        self.samples = [
+            (path, label)
+            for label, name in enumerate(self.classes)
+            for path in sorted((self.root / name).rglob("*"))
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file() and not path.name.startswith(".")
+        ]
+        if not self.samples:
+            exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise DatasetNotFoundError(self.root, f"image folder has no images ({exts})", hint)
+        if limit is not None and limit < len(self.samples):
+            # evenly spaced rather than the first `limit`, which would all come from the first classes
+            keep = np.unique(np.linspace(0, len(self.samples) - 1, max(limit, 0)).round().astype(int))
+            self.samples = [self.samples[i] for i in keep]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_uint8_chw(resize_center_crop(img, self.image_size)), label  # (3, size, size)
+
+
+def build_dataset(name_or_path: str, split: str, image_size: int = 32, limit: int | None = None) -> Dataset:
+    """'fashion-mnist' -> ImageTensorDataset of the IDX data; anything else is an image folder path."""
+    if name_or_path.lower() in ("fashion-mnist", "fashion_mnist"):
+        if image_size != 32:
+            raise ValueError(f"Fashion-MNIST is 32x32 (28x28 padded), so image_size must be 32, not {image_size}")
+        images, labels = load_fashion_mnist(split, limit=limit)
+        return ImageTensorDataset(images, labels, FASHION_MNIST_CLASSES)
+    root = Path(name_or_path)
+    if (root / split).is_dir():
+        root = root / split
+    return ImageFolder(root, image_size=image_size, limit=limit)
