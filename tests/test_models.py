@@ -18,7 +18,8 @@ from training.checkpoint import (
 from training.models import GeneratorConfig, TiTokConfig, VQGANConfig, build_model, get_config
 from training.models.quantizer import VectorQuantizer
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "official_titok_state_dicts.json"
+# a copy of shared/reference/official_titok_state_dicts.json: the released checkpoints' keys and shapes
+REFERENCE = Path(__file__).resolve().parent / "data" / "official_titok_state_dicts.json"
 RELEASED = {
     "TiTok-L-32 tokenizer": "titok-l-32",
     "TiTok-B-64 tokenizer": "titok-b-64",

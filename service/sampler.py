@@ -1,0 +1,240 @@
+"""The MaskGIT sampler of TiTok's class-conditional generators, in numpy (shared by the gateway and evaluation).
+
+Vocabulary: ids 0..K-1 are image tokens and K (= codebook_size) is the mask id. Classes 0..C-1 are real and
+C (= num_classes) is the null class of classifier-free guidance. The generator is called as
+``logits_fn(tokens int64 (B, N), class_ids int64 (B,)) -> logits (B, N, K)``.
+
+A generation advances one step at a time (``build_batch`` -> one generator call -> ``advance``), so a server can
+batch items that are at different steps with different settings; ``generate`` is the lock-step loop.
+
+Determinism: every item owns a PCG64 generator and, at every step, draws first (N, K) uniforms for sampling and
+then (N,) uniforms for the confidences, whatever its state or batch-mates. The logits are upcast to float64 and
+guidance, annealing, noise and confidences are all computed in float64. So the same seed, class, settings and
+logits give the same tokens alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEDULES = ("constant", "linear", "power-cosine")
+_EPS = 1e-20  # clamp inside the Gumbel logs, as the reference does
+_COSINE_POWER = 3.0  # exponent p of the power-cosine guidance schedule
+
+LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
+Rows = list[tuple[int, int | None]]  # per item: (conditional row, unconditional row or None)
+
+
+def _non_negative(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, not {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling settings of one generation; the defaults are TiTok-L-32's reference settings."""
+
+    num_steps: int = 8
+    guidance_scale: float = 4.5
+    guidance_schedule: str = "linear"
+    temperature: float = 9.5
+    softmax_annealing: bool = False
+
+    def __post_init__(self):
+        steps = self.num_steps
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1, not {steps!r}")
+        if self.guidance_schedule not in SCHEDULES:
+            raise ValueError(f"guidance_schedule must be one of {', '.join(SCHEDULES)}, not {self.guidance_schedule!r}")
+        _non_negative("guidance_scale", self.guidance_scale)
+        _non_negative("temperature", self.temperature)
+        if not isinstance(self.softmax_annealing, bool):
+            raise ValueError(f"softmax_annealing must be a bool, not {self.softmax_annealing!r}")
+
+
+def guidance_scale_at(settings: SamplingSettings, step: int) -> float:
+    """The guidance scale of ``step``: g (constant), step/T * g (linear), or the power-cosine cfg."""
+    g, total = float(settings.guidance_scale), settings.num_steps
+    if settings.guidance_schedule == "constant":
+        return g
+    if settings.guidance_schedule == "linear":
+        return step / total * g
+    return (g - 1) * (1 - math.cos(math.pi * (step / total) ** _COSINE_POWER)) / 2 + 1
+
+
+def _is_neutral(schedule: str, scale: float) -> bool:
+    # scale 0 (constant/linear) and cfg 1 (power-cosine) both leave the conditional logits unchanged
+    return scale == (1.0 if schedule == "power-cosine" else 0.0)
+
+
+def _gumbel(u: np.ndarray) -> np.ndarray:
+    return -np.log(np.maximum(-np.log(np.maximum(u, _EPS)), _EPS))
+
+
+@dataclass
+class Generation:
+    """One item being generated: its tokens, its own random generator and its place in its schedule."""
+
+    tokens: np.ndarray  # (N,) int64; mask_id where still hidden
+    rng: np.random.Generator
+    class_id: int
+    settings: SamplingSettings
+    mask_id: int  # = codebook_size
+    null_class_id: int  # = num_classes
+    step: int = 0
+
+    @classmethod
+    def start(
+        cls,
+        class_id: int,
+        seed: int,
+        settings: SamplingSettings,
+        *,
+        seq_len: int,
+        codebook_size: int,
+        num_classes: int,
+    ) -> Generation:
+        """A fresh generation: every position masked, random generator PCG64(seed)."""
+        if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < num_classes:
+            raise ValueError(f"class_id must be an integer in [0, {num_classes}), not {class_id!r}")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+        if seq_len < 1 or codebook_size < 1:
+            raise ValueError(f"seq_len and codebook_size must be >= 1, not {seq_len} and {codebook_size}")
+        return cls(
+            tokens=np.full(seq_len, codebook_size, dtype=np.int64),
+            rng=np.random.Generator(np.random.PCG64(int(seed))),
+            class_id=int(class_id),
+            settings=settings,
+            mask_id=codebook_size,
+            null_class_id=num_classes,
+        )
+
+    @property
+    def done(self) -> bool:
+        """Whether every step has been taken (no mask id is left then)."""
+        return self.step >= self.settings.num_steps
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the next step."""
+        return guidance_scale_at(self.settings, self.step)
+
+    @property
+    def needs_uncond(self) -> bool:
+        """Whether the next step needs an unconditional (null-class) generator row."""
+        return not _is_neutral(self.settings.guidance_schedule, self.guidance_scale)
+
+
+def build_batch(gens: Sequence[Generation]) -> tuple[np.ndarray, np.ndarray, Rows]:
+    """Generator inputs for one step of ``gens``: tokens (R, N), class_ids (R,) and each item's rows.
+
+    The first len(gens) rows are the items' conditional rows, in order; the null-class rows of the items whose
+    current guidance needs one follow.
+    """
+    if not gens:
+        raise ValueError("build_batch needs at least one generation")
+    first = gens[0]
+    for gen in gens:
+        if gen.done:
+            raise ValueError("a generation that is already done cannot be advanced")
+        if gen.tokens.shape != first.tokens.shape or gen.mask_id != first.mask_id:
+            raise ValueError("all generations of a batch must share seq_len and codebook_size")
+    uncond = [i for i, gen in enumerate(gens) if gen.needs_uncond]
+    order = list(range(len(gens))) + uncond
+    tokens = np.stack([gens[i].tokens for i in order]).astype(np.int64, copy=False)
+    classes = [gen.class_id for gen in gens] + [gens[i].null_class_id for i in uncond]
+    uncond_row = {i: len(gens) + j for j, i in enumerate(uncond)}
+    rows = [(i, uncond_row.get(i)) for i in range(len(gens))]
+    return tokens, np.asarray(classes, dtype=np.int64), rows
+
+
+def advance(gens: Sequence[Generation], logits: np.ndarray, rows: Rows) -> None:
+    """Apply each item's guidance to its rows of ``logits`` (R, N, K) and take one sampler step per item, in place."""
+    logits = np.asarray(logits)
+    if len(rows) != len(gens):
+        raise ValueError(f"{len(gens)} generations but {len(rows)} row entries")
+    for gen, (cond_row, uncond_row) in zip(gens, rows, strict=True):
+        if gen.done:
+            raise ValueError("a generation that is already done cannot be advanced")
+        expected = (gen.tokens.shape[0], gen.mask_id)
+        if logits.ndim != 3 or logits.shape[1:] != expected:
+            raise ValueError(f"logits must have shape (R, {expected[0]}, {expected[1]}), not {logits.shape}")
+        guided = cond = logits[cond_row].astype(np.float64)
+        if uncond_row is not None:
+            uncond = logits[uncond_row].astype(np.float64)
+            scale = gen.guidance_scale
+            if gen.settings.guidance_schedule == "power-cosine":
+                guided = uncond + scale * (cond - uncond)
+            else:
+                guided = cond + scale * (cond - uncond)
+        _step(gen, guided)
+
+
+def _step(gen: Generation, logits: np.ndarray) -> None:
+    """One MaskGIT step of ``gen`` from its guided logits (N, K) float64."""
+    step, total = gen.step, gen.settings.num_steps
+    ratio = (step + 1) / total
+    temperature = gen.settings.temperature * (1 - ratio)
+    if gen.settings.softmax_annealing:
+        logits = logits / (0.5 + 0.8 * (1 - ratio))
+    # both draws happen at every step, in this order, so an item's random stream depends on nothing else
+    sample_noise = _gumbel(gen.rng.random(logits.shape))
+    confidence_noise = _gumbel(gen.rng.random(logits.shape[0]))
+
+    is_mask = gen.tokens == gen.mask_id
+    sampled = np.argmax(logits + temperature * sample_noise, axis=-1)
+    picked = np.take_along_axis(logits, sampled[:, None], axis=-1)[:, 0]  # the sampled tokens' logits
+    sampled = np.where(is_mask, sampled, gen.tokens).astype(np.int64)
+    # tokens fixed earlier get +inf so they are never re-masked
+    confidence = np.where(is_mask, picked, np.inf) + temperature * confidence_noise
+
+    if step == total - 1:
+        gen.tokens = sampled  # the last step keeps every token
+    else:
+        n = sampled.shape[0]
+        mask_len = math.floor(n * (math.acos(ratio) / (math.pi * 0.5)))
+        mask_len = max(1, min(int(is_mask.sum()) - 1, mask_len))
+        # like the reference, re-mask every position at or below the mask_len-th smallest confidence
+        cutoff = np.sort(confidence)[mask_len - 1]
+        gen.tokens = np.where(confidence <= cutoff, gen.mask_id, sampled).astype(np.int64)
+    gen.step += 1
+
+
+def generate(
+    logits_fn: LogitsFn,
+    class_ids: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    seq_len: int,
+    codebook_size: int,
+    num_classes: int,
+    settings: SamplingSettings | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """Generate tokens (B, N) int64 for ``class_ids`` with one seed per item, all items in lock-step.
+
+    ``batch_size`` caps the items per chunk (a chunk's generator call has up to twice as many rows with guidance);
+    chunking does not change the result.
+    """
+    settings = SamplingSettings() if settings is None else settings
+    if len(class_ids) != len(seeds):
+        raise ValueError(f"{len(class_ids)} class ids but {len(seeds)} seeds")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, not {batch_size!r}")
+    dims = dict(seq_len=seq_len, codebook_size=codebook_size, num_classes=num_classes)
+    gens = [Generation.start(c, s, settings, **dims) for c, s in zip(class_ids, seeds, strict=True)]
+    chunk = batch_size or max(len(gens), 1)
+    for begin in range(0, len(gens), chunk):
+        part = gens[begin : begin + chunk]
+        while not part[0].done:
+            tokens, classes, rows = build_batch(part)
+            advance(part, logits_fn(tokens, classes), rows)
+    if not gens:
+        return np.zeros((0, seq_len), dtype=np.int64)
+    return np.stack([gen.tokens for gen in gens])

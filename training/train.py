@@ -1,0 +1,364 @@
+"""The training loop shared by every recipe: AdamW with warm-up + cosine, EMA, gradient clipping, bf16 autocast on
+GPU, exact resume, a progress bar, CSV (and TensorBoard) metrics, and data parallelism over ``torchrun``.
+
+    python -m training train configs/titok-fmnist-32.yaml steps=2000 out=runs/x
+    torchrun --nproc-per-node 2 -m training train configs/generator-fmnist.yaml
+
+Exact resume: the data order is a pure function of (seed, step), and the run state (weights, EMA, optimiser,
+scheduler, discriminator, codebook usage, random generators) is written to ``out/state.pt`` every
+``ckpt_every`` steps; starting again with the same ``out`` continues where it stopped, step for step.
+The EMA weights are also written as a model checkpoint (``out/checkpoint``: safetensors + config.json).
+"""
+
+import csv
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from .checkpoint import save_checkpoint
+from .data import build_dataset
+from .recipes import RECIPES
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; YAML files set these fields, ``key=value`` arguments override them."""
+
+    recipe: str = "tokenizer"
+    model: str = "titok-fmnist-32"  # a preset name
+    model_overrides: dict = field(default_factory=dict)
+    data: str = "fashion-mnist"  # or a path to an image folder (class sub-folders)
+    data_limit: int | None = None
+    image_size: int = 32
+    out: str = "runs/run"
+    steps: int = 10000
+    batch_size: int = 64  # global: split across data-parallel processes
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 500
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    log_every: int = 25
+    ckpt_every: int = 500
+    codebook_restart_every: int = 200  # 0 turns it off
+    perceptual_weight: float = 0.0
+    perceptual_net: str | None = None  # a classifier checkpoint folder (training.classifier)
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
+    disc_lr: float = 1e-4
+    teacher: str | None = None  # proxy-stage1: the VQGAN checkpoint
+    init: str | None = None  # proxy-stage2: the stage-1 checkpoint
+    tokenizer: str | None = None  # generator: the tokenizer checkpoint
+    class_dropout: float = 0.1
+    label_smoothing: float = 0.1
+    unmasked_weight: float = 0.1
+    stop_at: int | None = None  # leave the loop early (saving state) as if interrupted: time-sliced runs, tests
+    threads: int | None = None
+    progress: bool = True
+
+
+def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
+    """A YAML file (optional) then ``key=value`` overrides, values parsed as YAML scalars; unknown keys fail."""
+    data = yaml.safe_load(Path(path).read_text()) if path else {}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        data[key] = yaml.safe_load(value)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown training settings: {unknown}")
+    if "betas" in data:
+        data["betas"] = tuple(data["betas"])
+    cfg = TrainConfig(**data)
+    if cfg.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {cfg.recipe!r}; one of {sorted(RECIPES)}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pieces of the loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine from 1 down to ``min_lr_ratio``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def global_batch(step: int, n: int, cfg: TrainConfig) -> torch.Tensor:
+    """Indices of the global batch at ``step``: a fresh permutation per epoch, seeded by (seed, epoch)."""
+    per_epoch = n // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the data set ({n} items)")
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+    return perm[pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
+
+
+class EMA:
+    """Exponential moving average of a model's floating-point state (parameters and buffers)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int):
+        d = min(self.decay, (1 + step) / (10 + step))  # short warm-up so early checkpoints are usable
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.detach(), 1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+
+def _all_reduce_grads(params: list[nn.Parameter], world: int):
+    """Average gradients over processes (what DDP does), so N processes == one with the global batch."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+class MetricsLog:
+    """Appends rows to ``out/metrics.csv`` (and TensorBoard when installed); the header is fixed at first write."""
+
+    def __init__(self, out: Path):
+        self.path = out / "metrics.csv"
+        self.columns: list[str] | None = None
+        if self.path.is_file():
+            with self.path.open() as f:
+                self.columns = next(csv.reader(f), None)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        except Exception:  # tensorboard is optional
+            self.tb = None
+
+    def write(self, row: dict):
+        if self.columns is None:
+            self.columns = list(row)
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.columns)
+        with self.path.open("a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+
+def truncate_metrics(out: Path, step: int):
+    """On resume, drop CSV rows logged after the checkpoint so the log has each step once."""
+    path = out / "metrics.csv"
+    if not path.is_file():
+        return
+    rows = list(csv.reader(path.open()))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a training run; returns a summary dict. Rank 0 writes everything under ``cfg.out``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    dataset = build_dataset(cfg.data, "train", image_size=cfg.image_size, limit=cfg.data_limit)
+    images, labels = _as_tensors(dataset)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # recipe randomness (masks, dropout)
+    recipe = RECIPES[cfg.recipe](cfg, images, labels, device, gen)
+    model = recipe.model.to(device)
+    params = recipe.trainable()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    disc_opt = None
+    if recipe.disc is not None:
+        disc_opt = torch.optim.AdamW(recipe.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+    ema = EMA(model, cfg.ema_decay)
+    quantizer = recipe.quantizer()
+    usage = torch.zeros(quantizer.codebook_size, device=device) if quantizer is not None else None
+
+    step = 0
+    state_path = out / "state.pt"
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.shadow = state["ema"]
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        if disc_opt is not None:
+            recipe.disc.load_state_dict(state["disc"])
+            disc_opt.load_state_dict(state["disc_opt"])
+        if usage is not None:
+            usage.copy_(state["usage"])
+        gen.set_state(state["gen"][rank].cpu())
+        torch.set_rng_state(state["torch_rng"][rank].cpu())
+        step = state["step"]
+        if rank == 0:
+            truncate_metrics(out, step)
+            print(f"resumed {out} at step {step}")
+
+    log = MetricsLog(out) if rank == 0 else None
+    bar = _progress(cfg, step, rank)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    per_rank = cfg.batch_size // world
+    model.train()
+    t0, seen, last = time.time(), 0, {}
+    end = min(cfg.steps, cfg.stop_at or cfg.steps)
+    while step < end:
+        idx = global_batch(step, recipe.num_items(), cfg)[rank * per_rank : (rank + 1) * per_rank]
+        with autocast:
+            loss, logs = recipe.loss(idx, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if world > 1:
+            _all_reduce_grads(params, world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
+        opt.step()
+        sched.step()
+        if disc_opt is not None:
+            with autocast:
+                d_loss = recipe.discriminator_loss(idx, step)
+            if d_loss is not None:
+                disc_opt.zero_grad(set_to_none=True)
+                d_loss.backward()
+                if world > 1:
+                    _all_reduce_grads(list(recipe.disc.parameters()), world)
+                disc_opt.step()
+                logs["gan_d"] = d_loss.item()
+        indices = logs.pop("indices", None)
+        if usage is not None and indices is not None:
+            usage += torch.bincount(indices.flatten(), minlength=len(usage))
+        step += 1
+        if usage is not None and cfg.codebook_restart_every and step % cfg.codebook_restart_every == 0:
+            _restart_codes(recipe, quantizer, usage, idx, world)
+        ema.update(model, step)
+        seen += len(idx) * world
+        last = {"loss": loss.item(), **logs}
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            ips = seen / max(1e-9, time.time() - t0)
+            row = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "img_per_s": ips}
+            log.write({**row, **{k: round(v, 6) for k, v in last.items()}})
+            t0, seen = time.time(), 0
+            if bar is not None:
+                bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.0f}")
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.ckpt_every == 0 or step == end:
+            _save_state(out, step, model, ema, opt, sched, recipe, disc_opt, usage, gen, rank, world, cfg, device)
+    if bar is not None:
+        bar.close()
+    return {"step": step, "out": str(out), **last}
+
+
+def _restart_codes(recipe, quantizer, usage: torch.Tensor, idx: torch.Tensor, world: int):
+    """Codes unused since the last restart move onto this batch's encoder outputs (rank 0's, broadcast)."""
+    if world > 1:
+        dist.all_reduce(usage)
+    with torch.no_grad():
+        z = recipe.latents(recipe.batch_images(idx))
+    quantizer.restart_unused(usage, z, generator=recipe.gen)
+    if world > 1:
+        dist.broadcast(quantizer.embedding.weight.data, src=0)
+    usage.zero_()
+
+
+def _gather(t: torch.Tensor, world: int) -> list[torch.Tensor]:
+    if world == 1:
+        return [t]
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t)
+    return parts
+
+
+def _save_state(out, step, model, ema, opt, sched, recipe, disc_opt, usage, gen, rank, world, cfg, device):
+    gens = _gather(gen.get_state().to(device), world)  # every rank's random state, for an exact resume
+    rngs = _gather(torch.get_rng_state().to(device), world)
+    if rank != 0:
+        return
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.shadow,
+        "opt": opt.state_dict(),
+        "sched": sched.state_dict(),
+        "gen": [g.cpu() for g in gens],
+        "torch_rng": [r.cpu() for r in rngs],
+    }
+    if usage is not None:
+        state["usage"] = usage
+    if disc_opt is not None:
+        state["disc"], state["disc_opt"] = recipe.disc.state_dict(), disc_opt.state_dict()
+    tmp = out / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(out / "state.pt")  # atomic: a crash mid-write keeps the previous state
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building must not move the RNG
+        snapshot = type(model)(model.config)
+    snapshot.load_state_dict(ema.shadow, assign=True)
+    meta = {"step": step, "recipe": cfg.recipe, "train_config": _jsonable(asdict(cfg))}
+    save_checkpoint(snapshot, out / "checkpoint", metadata=meta)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images (uint8) and labels of a data set in memory: Fashion-MNIST is 180 MB, image folders are read once."""
+    if hasattr(dataset, "images"):
+        return dataset.images, dataset.labels
+    items = [dataset[i] for i in range(len(dataset))]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def _progress(cfg: TrainConfig, step: int, rank: int):
+    if rank != 0 or not cfg.progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=cfg.steps, initial=step, desc=cfg.recipe, dynamic_ncols=True)
