@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from training.checkpoint import load_checkpoint
+from training.classifier import FMNISTClassifier, save_classifier
 from training.train import load_config, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,18 @@ def runs(tmp_path_factory):
     """Each recipe for a few steps, chained as in the real pipeline (teacher -> stage 1 -> stage 2 -> generator)."""
     tmp = tmp_path_factory.mktemp("runs")
     tiny = f"model_overrides={TINY_TITOK}".replace(" ", "")
-    run(tmp, "tokenizer", "recipe=tokenizer", "model=titok-fmnist-32", tiny, "steps=4", "codebook_restart_every=2")
+    save_classifier(FMNISTClassifier().eval(), tmp / "classifier")  # an untrained one is enough for the plumbing
+    run(
+        tmp,
+        "tokenizer",
+        "recipe=tokenizer",
+        "model=titok-fmnist-32",
+        tiny,
+        "steps=4",
+        "codebook_restart_every=2",
+        "perceptual_weight=0.1",
+        f"perceptual_net={tmp / 'classifier'}",
+    )
     run(
         tmp,
         "vqgan",
@@ -83,6 +95,13 @@ def test_proxy_stages_share_the_teacher(runs):
     assert torch.equal(stage2.encoder.conv_out.weight, stage1.encoder.conv_out.weight)
     assert torch.equal(stage2.quantize.embedding.weight, stage1.quantize.embedding.weight)
     assert not torch.equal(stage2.pixel_decoder.conv_out.weight, stage1.pixel_decoder.conv_out.weight)
+
+
+def test_pixel_losses_are_logged(runs):
+    with (runs / "tokenizer" / "metrics.csv").open() as f:
+        assert {"l2", "perceptual", "quantizer"} <= set(next(csv.DictReader(f)))
+    with (runs / "vqgan" / "metrics.csv").open() as f:
+        assert {"gan_g", "gan_d"} <= set(next(csv.DictReader(f)))
 
 
 def test_generator_tokens_are_cached_once(runs):
