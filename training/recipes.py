@@ -222,15 +222,14 @@ class ProxyStage2Recipe(Recipe):
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        if not self.cfg.init:
-            raise ValueError("recipe 'proxy-stage2' needs init: the stage-1 checkpoint folder")
-        self.model.load_state_dict(load_checkpoint(self.cfg.init).state_dict())
         self.model.freeze_encoder()
         self.model.pixel_quantize.requires_grad_(False)
         self.setup_pixel_losses()
 
     def build_model(self):
-        return build_model(load_checkpoint(self.cfg.init).config)
+        if not self.cfg.init:
+            raise ValueError("recipe 'proxy-stage2' needs init: the stage-1 checkpoint folder")
+        return load_checkpoint(self.cfg.init)  # weights and config of stage 1
 
     def loss(self, idx, step):
         x = self.batch_images(idx)
