@@ -1,0 +1,64 @@
+"""The build step: export the three graphs, verify them against PyTorch, and only then write the repository."""
+
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .manifest import build_manifest, write_manifest
+from .onnx_graphs import export_family, family_signatures_of
+from .sources import check_pair, class_names, source_record
+from .triton_repo import TritonSettings, write_models
+from .verify import BATCH_SIZES, verify_family
+
+_FAMILY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class BuildResult:
+    """The verification report (None when skipped) and the manifest written (None when verification failed)."""
+
+    report: dict | None
+    manifest: Path | None
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None
+
+
+def build_family(
+    tokenizer: nn.Module,
+    generator: nn.Module,
+    out: str | Path,
+    family: str,
+    settings: TritonSettings | None = None,
+    names: str | list[str] | None = None,
+    sources: dict[str, dict] | None = None,
+    verify: bool = True,
+    batch_sizes=BATCH_SIZES,
+    decoder_batch_sizes=None,
+) -> BuildResult:
+    """Export, verify (unless ``verify`` is False) and write ``out/<family>_*`` and ``out/<family>.manifest.json``."""
+    if not _FAMILY_NAME.match(family):
+        raise ValueError(f"family name {family!r} must be letters, digits, '_', '-' or '.', starting alphanumeric")
+    check_pair(tokenizer.config, generator.config)
+    settings = settings or TritonSettings()
+    names = class_names(generator.config.num_classes, names)
+    sources = sources or {"tokenizer": source_record(tokenizer), "generator": source_record(generator)}
+    tokenizer.eval()
+    generator.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        graphs = export_family(tokenizer, generator, tmp)
+        report = None
+        if verify:
+            report = verify_family(tokenizer, generator, graphs, batch_sizes, decoder_batch_sizes)
+            if not report["ok"]:
+                return BuildResult(report, None)
+        signatures = family_signatures_of(tokenizer)
+        write_models(out, family, graphs, signatures, settings)
+    manifest = build_manifest(
+        out, family, tokenizer.config, generator.config, signatures, settings, names, sources, report
+    )
+    return BuildResult(report, write_manifest(out, manifest))
