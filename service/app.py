@@ -1,0 +1,55 @@
+"""The app factory: settings -> registry -> FastAPI app with middleware, error handlers and routes."""
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import RequestContext
+from .registry import Registry
+from .routes import build_router
+from .settings import Settings
+
+DESCRIPTION = """Tokenize images into TiTok's 1D tokens, decode tokens back into images, and generate
+class-conditional images with MaskGIT. Every error answers `{"error": {"type", "message", "param"?}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A gateway serving every family in ``settings.model_repository`` (raises ConfigurationError when none)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    registry = Registry.load(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await registry.start()
+        try:
+            yield
+        finally:
+            await registry.close()
+
+    app = FastAPI(title="titok-serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings, app.state.registry, app.state.metrics = settings, registry, metrics
+    install_error_handlers(app)
+    router = build_router(settings, registry, metrics)
+    app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    routes = {route.path for route in router.routes}
+    # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
+    app.add_middleware(
+        RequestContext,
+        max_body_bytes=settings.max_body_bytes,
+        timeout_s=settings.request_timeout_s,
+        metrics=metrics,
+        routes=routes,
+    )
+    return app

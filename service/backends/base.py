@@ -1,0 +1,31 @@
+"""The backend interface: three graphs in, arrays out; batching, validation and metrics live above it."""
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+
+class Backend(ABC):
+    """Runs one family's graphs on whole batches; knows nothing of HTTP, queues or sampling."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    async def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) images -> int64 (B, N) token ids."""
+
+    @abstractmethod
+    async def decode(self, tokens: np.ndarray) -> np.ndarray:
+        """int64 (B, N) token ids -> uint8 (B, H, W, 3) images."""
+
+    @abstractmethod
+    async def logits(self, tokens: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+        """int64 (B, N) tokens (mask id where hidden) and int64 (B,) class ids -> float32 (B, N, K) logits."""
+
+    @abstractmethod
+    async def ready(self) -> bool:
+        """Whether the backend answers."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release sessions, threads or connections."""

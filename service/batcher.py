@@ -1,0 +1,152 @@
+"""The micro-batcher of one model graph: requests from every client are coalesced into batches, run off the loop
+and split back. A bounded queue answers 429 at once; a cancelled caller's rows are dropped before they run."""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BackendUnavailable, Overloaded, ServiceError
+from .metrics import Metrics
+
+log = logging.getLogger("titok.batcher")
+RunFn = Callable[..., Awaitable[np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Job:
+    """Some rows of one request, waiting for a batch."""
+
+    inputs: tuple[np.ndarray, ...]
+    future: asyncio.Future
+    enqueued: float
+
+    @property
+    def rows(self) -> int:
+        return len(self.inputs[0])
+
+
+class MicroBatcher:
+    """Coalesces calls of one graph (up to ``max_batch_size`` rows, waiting at most ``max_wait_s``)."""
+
+    def __init__(
+        self,
+        model: str,
+        graph: str,
+        run: RunFn,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        metrics: Metrics,
+        backend: str,
+    ):
+        self.model, self.graph, self._run = model, graph, run
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
+        self._queue: deque[_Job] = deque()
+        self._queued_rows = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._depth = metrics.queue_depth.labels(model, graph)
+        self._wait = metrics.queue_wait.labels(model, graph)
+        self._batch = metrics.batch_size.labels(model, graph)
+        self._infer = metrics.inference_seconds.labels(model, graph, backend)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.model}-{self.graph}")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for job in self._queue:
+            job.future.cancel()
+
+    async def submit(self, *inputs: np.ndarray) -> np.ndarray:
+        """The graph's output for ``inputs`` (arrays with the same first dimension), batched with others."""
+        rows = len(inputs[0])
+        if self._queued_rows + rows > self.max_queue:
+            raise Overloaded(f"the {self.graph} queue of {self.model} is full; retry shortly")
+        loop = asyncio.get_running_loop()
+        jobs = []
+        for begin in range(0, rows, self.max_batch_size):  # a request larger than a batch runs as several
+            part = tuple(x[begin : begin + self.max_batch_size] for x in inputs)
+            job = _Job(part, loop.create_future(), time.monotonic())
+            jobs.append(job)
+            self._queue.append(job)
+            self._queued_rows += job.rows
+        self._depth.set(self._queued_rows)
+        self._wake.set()
+        try:
+            parts = [await job.future for job in jobs]
+        except BaseException:
+            for job in jobs:  # the caller left (or failed): its waiting rows must not run
+                job.future.cancel()
+            raise
+        return np.concatenate(parts)
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            # wait for a full batch, or until the oldest job has waited max_wait
+            oldest = self._queue[0].enqueued
+            while self._queued_rows < self.max_batch_size:
+                remaining = oldest + self.max_wait_s - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            batch = self._take()
+            if batch:
+                try:
+                    await self._run_batch(batch)
+                except Exception:  # never let the worker die
+                    log.exception("batch of %s/%s failed", self.model, self.graph)
+
+    def _take(self) -> list[_Job]:
+        batch, rows = [], 0
+        while self._queue and rows + self._queue[0].rows <= self.max_batch_size:
+            job = self._queue.popleft()
+            self._queued_rows -= job.rows
+            if job.future.done():  # cancelled while waiting
+                continue
+            batch.append(job)
+            rows += job.rows
+        self._depth.set(self._queued_rows)
+        return batch
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        now = time.monotonic()
+        for job in batch:
+            self._wait.observe(now - job.enqueued)
+        inputs = [np.concatenate(parts) for parts in zip(*(job.inputs for job in batch), strict=True)]
+        self._batch.observe(len(inputs[0]))
+        start = time.perf_counter()
+        try:
+            output = await self._run(*inputs)
+        except Exception as e:
+            error = e if isinstance(e, ServiceError) else BackendUnavailable(f"{self.graph} failed: {e}")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        finally:
+            self._infer.observe(time.perf_counter() - start)
+        offset = 0
+        for job in batch:
+            if not job.future.done():
+                job.future.set_result(output[offset : offset + job.rows])
+            offset += job.rows

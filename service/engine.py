@@ -1,0 +1,149 @@
+"""One served model family: what its manifest says, its batchers and scheduler, and the checks on its inputs."""
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backends import Backend
+from .batcher import MicroBatcher
+from .errors import InvalidRequest
+from .metrics import Metrics
+from .sampler import SCHEDULES, Generation, SamplingSettings
+from .settings import Settings
+
+log = logging.getLogger("titok.engine")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The facts of a family that the gateway needs, from its manifest."""
+
+    family: str
+    version: int
+    image_size: int
+    num_tokens: int
+    codebook_size: int
+    num_classes: int
+    class_names: tuple[str, ...]
+    max_batch_size: int
+    sampling: dict
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "ModelInfo":
+        if manifest["mask_id"] != manifest["codebook_size"] or manifest["null_class_id"] != manifest["num_classes"]:
+            raise ValueError("the manifest's mask id and null class must equal the codebook size and class count")
+        known = SamplingSettings.__dataclass_fields__
+        sampling = {k: v for k, v in manifest["sampling"].items() if k in known}
+        SamplingSettings(**sampling)  # a manifest with impossible defaults is refused at load
+        return cls(
+            family=manifest["family"],
+            version=int(manifest["version"]),
+            image_size=int(manifest["image_size"]),
+            num_tokens=int(manifest["num_tokens"]),
+            codebook_size=int(manifest["codebook_size"]),
+            num_classes=int(manifest["num_classes"]),
+            class_names=tuple(manifest["class_names"]),
+            max_batch_size=int(manifest["max_batch_size"]),
+            sampling=dict(sampling),
+        )
+
+
+class ServedModel:
+    """A family behind its micro-batchers (encoder, decoder) and its step-level generation scheduler."""
+
+    def __init__(self, info: ModelInfo, backend: Backend, settings: Settings, metrics: Metrics):
+        from .scheduler import GenerationScheduler
+
+        self.info, self.backend = info, backend
+        batch = min(settings.max_batch_size, info.max_batch_size)
+        common = dict(max_batch_size=batch, max_queue=settings.max_queue, metrics=metrics, backend=backend.name)
+        wait = settings.max_wait_ms / 1000
+        self.encoder = MicroBatcher(info.family, "encoder", backend.encode, max_wait_s=wait, **common)
+        self.decoder = MicroBatcher(info.family, "decoder", backend.decode, max_wait_s=wait, **common)
+        self.scheduler = GenerationScheduler(info.family, backend.logits, **common)
+        self._lower_names = {name.lower(): i for i, name in enumerate(info.class_names)}
+
+    async def start(self) -> None:
+        """Start the workers and warm every graph up, checking that a row's output does not depend on its batch."""
+        for worker in (self.encoder, self.decoder, self.scheduler):
+            worker.start()
+        info, rng = self.info, np.random.default_rng(0)
+        await self.backend.encode(rng.integers(0, 256, (2, info.image_size, info.image_size, 3), dtype=np.uint8))
+        # seeded generation promises the same bytes whatever the batch-mates: that needs batch-invariant graphs
+        tokens = rng.integers(0, info.codebook_size + 1, (8, info.num_tokens), dtype=np.int64)
+        classes = rng.integers(0, info.num_classes + 1, 8, dtype=np.int64)
+        logits = await self.backend.logits(tokens, classes)
+        images = await self.backend.decode(np.minimum(tokens, info.codebook_size - 1))
+        alone_logits = await self.backend.logits(tokens[3:4], classes[3:4])
+        alone_images = await self.backend.decode(np.minimum(tokens[3:4], info.codebook_size - 1))
+        self.batch_invariant = np.array_equal(logits[3], alone_logits[0]) and np.array_equal(images[3], alone_images[0])
+        if self.batch_invariant:
+            log.info("%s: outputs do not depend on the batch (seeded results are reproducible)", info.family)
+        else:
+            log.warning("%s: outputs differ with the batch size; seeded results may vary with load", info.family)
+
+    async def close(self) -> None:
+        for worker in (self.encoder, self.decoder, self.scheduler):
+            await worker.stop()
+        await self.backend.close()
+
+    async def ready(self) -> bool:
+        workers = (self.encoder, self.decoder, self.scheduler)
+        return all(w.alive for w in workers) and await self.backend.ready()
+
+    # -- inputs ----------------------------------------------------------------------------------------
+
+    def check_tokens(self, sequences: list[list[int]], param: str = "tokens") -> np.ndarray:
+        """int64 (B, N) ids, or a 400 naming the first sequence of the wrong length or with an id out of range."""
+        n, k = self.info.num_tokens, self.info.codebook_size
+        for i, seq in enumerate(sequences):
+            if len(seq) != n:
+                raise InvalidRequest(f"a token sequence must have {n} ids, not {len(seq)}", f"{param}[{i}]")
+            for j, t in enumerate(seq):
+                if not 0 <= t < k:
+                    raise InvalidRequest(f"token ids must lie in [0, {k}), not {t}", f"{param}[{i}][{j}]")
+        return np.asarray(sequences, dtype=np.int64).reshape(len(sequences), n)
+
+    def class_id(self, label: int | str, param: str) -> int:
+        """A class index from an index or a (case-insensitive) class name."""
+        if isinstance(label, str):
+            index = self._lower_names.get(label.strip().lower())
+            if index is None:
+                raise InvalidRequest(f"unknown class {label!r}; classes: {', '.join(self.info.class_names)}", param)
+            return index
+        if isinstance(label, bool) or not 0 <= label < self.info.num_classes:
+            raise InvalidRequest(f"class labels must lie in [0, {self.info.num_classes}), not {label!r}", param)
+        return int(label)
+
+    def sampling(self, **overrides) -> SamplingSettings:
+        """The manifest's sampling defaults with the request's non-None overrides."""
+        values = {**self.info.sampling, **{k: v for k, v in overrides.items() if v is not None}}
+        if values["guidance_schedule"] not in SCHEDULES:
+            raise InvalidRequest(f"guidance_schedule must be one of {', '.join(SCHEDULES)}", "guidance_schedule")
+        for name in ("guidance_scale", "temperature"):
+            if not math.isfinite(values[name]):
+                raise InvalidRequest(f"{name} must be finite", name)
+        try:
+            return SamplingSettings(**values)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+
+    # -- work ------------------------------------------------------------------------------------------
+
+    async def tokenize(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, H, W, 3) -> int64 (B, N)."""
+        return await self.encoder.submit(images)
+
+    async def detokenize(self, tokens: np.ndarray) -> np.ndarray:
+        """int64 (B, N) -> uint8 (B, H, W, 3)."""
+        return await self.decoder.submit(tokens)
+
+    async def generate(self, class_ids: list[int], seeds: list[int], settings: SamplingSettings):
+        """Tokens (B, N) and images (B, H, W, 3): one generation per (class, seed), decoded in shared batches."""
+        info = self.info
+        dims = dict(seq_len=info.num_tokens, codebook_size=info.codebook_size, num_classes=info.num_classes)
+        gens = [Generation.start(c, s, settings, **dims) for c, s in zip(class_ids, seeds, strict=True)]
+        tokens = await self.scheduler.generate(gens)
+        return tokens, await self.decoder.submit(tokens)

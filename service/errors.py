@@ -1,0 +1,141 @@
+"""Typed errors of the gateway and the one place that turns every error into ``{"error": {...}}`` JSON."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("titok.errors")
+
+
+class ServiceError(Exception):
+    """An error with its HTTP status, a stable type and optionally the request field it concerns."""
+
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class InvalidRequest(ServiceError):
+    """The request is well-formed JSON but asks for something impossible (wrong token count, unknown class)."""
+
+    status, type = 400, "invalid_request"
+
+
+class InvalidImage(ServiceError):
+    """An image that cannot be decoded (truncated, corrupt, not base64)."""
+
+    status, type = 400, "invalid_image"
+
+
+class Unauthorized(ServiceError):
+    """A missing or wrong API key."""
+
+    status, type = 401, "unauthorized"
+
+
+class ModelNotFound(ServiceError):
+    """A model family that is not served."""
+
+    status, type = 404, "model_not_found"
+
+
+class PayloadTooLarge(ServiceError):
+    """A body, an image or a count over its limit."""
+
+    status, type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """A content type (of the body or of an image) that is not accepted."""
+
+    status, type = 415, "unsupported_media_type"
+
+
+class Overloaded(ServiceError):
+    """The queue is full: come back later."""
+
+    status, type = 429, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ClientClosedRequest(ServiceError):
+    """The client went away before the answer was ready (nginx's 499; nobody reads it)."""
+
+    status, type = 499, "client_closed_request"
+
+
+class BackendUnavailable(ServiceError):
+    """The inference backend failed or is not running."""
+
+    status, type = 503, "backend_unavailable"
+
+
+class DeadlineExceeded(ServiceError):
+    """The request took longer than its deadline."""
+
+    status, type = 504, "deadline_exceeded"
+
+
+class ConfigurationError(RuntimeError):
+    """Settings or a model repository the gateway cannot start with."""
+
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def error_body(type_: str, message: str, param: str | None = None) -> dict:
+    """The one error shape."""
+    error = {"type": type_, "message": message}
+    if param is not None:
+        error["param"] = param
+    return {"error": error}
+
+
+def _response(request: Request, status: int, type_: str, message: str, param=None, headers=None) -> JSONResponse:
+    request.scope.setdefault("state", {})["error_type"] = type_  # read by the metrics middleware
+    return JSONResponse(error_body(type_, message, param), status_code=status, headers=headers)
+
+
+def _loc(loc) -> str:
+    # ("body", "tokens", 0) -> "tokens[0]"; the location kind itself is not a field name
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, leaves as the one JSON shape; never a traceback."""
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError):
+        return _response(request, exc.status, exc.type, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        param = _loc(first.get("loc", ()))
+        message = "; ".join(f"{_loc(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
+        return _response(request, 422, "validation_error", message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        return _response(request, exc.status_code, type_, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unexpected error", extra={"request_id": request.scope.get("state", {}).get("request_id")})
+        return _response(request, 500, "internal_error", "internal error")

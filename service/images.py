@@ -1,0 +1,120 @@
+"""Image decoding (safe against bombs and broken files), the reference preprocessing, and output encoding.
+
+Preprocessing follows the training pipeline (``training.data.resize_center_crop``), re-written here because the
+gateway does not import ``training``: any mode becomes 8-bit RGB, with transparency composited on **black**
+(Fashion-MNIST's background, so a cut-out object looks like the training data); 16-bit grey is scaled to 8 bits;
+the shorter side is resized to the model's size with bicubic filtering (PIL widens the kernel when shrinking,
+i.e. antialiased) and the centre square is cropped, as torchvision's ``Resize(size)`` + ``CenterCrop(size)``.
+"""
+
+import base64
+import binascii
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from .errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
+
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# the magic bytes of the accepted formats, and of image formats that are recognised but refused (415)
+_ACCEPTED = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
+_REFUSED = (b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*", b"\x00\x00\x01\x00", b"\x00\x00\x00\x0cjP")
+
+
+def sniff(data: bytes) -> str | None:
+    """PIL's format name of a PNG, JPEG or WebP by its magic bytes, else None."""
+    for magic, fmt in _ACCEPTED:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def decode_base64(text: str, param: str) -> bytes:
+    """Bytes of a base64 string, with or without a ``data:image/...;base64,`` prefix."""
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidImage(f"not valid base64: {e}", param) from None
+
+
+def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
+    """A fully loaded PIL image; its pixel count is checked from the header before any pixel is decoded."""
+    fmt = sniff(data)
+    if fmt is None:
+        if data.startswith(_REFUSED):
+            raise UnsupportedMediaType("only PNG, JPEG and WebP images are accepted", param)
+        raise InvalidImage("not a PNG, JPEG or WebP image", param)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
+            img = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
+            width, height = img.size
+            if width * height > max_pixels:
+                raise PayloadTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels}", param)
+            img.load()
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"image is over the limit of {max_pixels} pixels", param) from None
+    except PayloadTooLarge:
+        raise
+    except Exception as e:  # any decoder failure (truncated, corrupt, bad chunk) is the input's fault
+        raise InvalidImage(f"cannot decode the {fmt} image: {e}", param) from None
+    if width * height == 0:
+        raise InvalidImage("image has no pixels", param)
+    return img
+
+
+def _on_black(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode -> 8-bit RGB; transparency composited on black, 16/32-bit grey scaled to 8 bits."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        return _on_black(img) if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _on_black(img)
+    if img.mode.startswith("I"):  # 16-bit PNGs open as I;16 or I
+        grey = np.asarray(img, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr
+
+
+def preprocess(img: Image.Image, size: int) -> np.ndarray:
+    """The model's input (size, size, 3) uint8: RGB, shorter side to ``size`` (bicubic, antialiased), centre crop."""
+    img = to_rgb(img)
+    w, h = img.size
+    if min(w, h) != size:
+        if w <= h:
+            new_w, new_h = size, max(size, int(size * h / w))
+        else:
+            new_w, new_h = max(size, int(size * w / h)), size
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    w, h = img.size
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarray:
+    """Encoded bytes -> the model's (size, size, 3) uint8 input."""
+    return preprocess(decode_image(data, max_pixels, param), size)
+
+
+def encode_image(array: np.ndarray, fmt: str) -> bytes:
+    """(H, W, 3) uint8 -> PNG, JPEG (quality 95) or lossless WebP bytes; the same array gives the same bytes."""
+    out = io.BytesIO()
+    options = {"png": {}, "jpeg": {"quality": 95}, "webp": {"lossless": True}}[fmt]
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGB").save(out, FORMATS[fmt], **options)
+    return out.getvalue()

@@ -1,0 +1,75 @@
+"""The model registry: every family found in the model repository (by its manifest), with its backend."""
+
+import json
+import logging
+from pathlib import Path
+
+from .backends import create_backend
+from .engine import ModelInfo, ServedModel
+from .errors import ConfigurationError, ModelNotFound
+from .metrics import Metrics
+from .settings import Settings
+
+log = logging.getLogger("titok.registry")
+MANIFEST_SUFFIX = ".manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def _check_files(repo: Path, manifest: dict) -> None:
+    for graph in ("encoder", "decoder", "generator"):
+        entry = manifest["graphs"].get(graph)
+        if entry is None or not (repo / entry["path"]).is_file():
+            raise ConfigurationError(f"{manifest['family']}: the {graph} model file is missing from {repo}")
+
+
+class Registry:
+    """The served families by name; the first (sorted) is the default when a request names none."""
+
+    def __init__(self, models: dict[str, ServedModel]):
+        self.models = models
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> "Registry":
+        repo = Path(settings.model_repository)
+        paths = sorted(repo.glob(f"*{MANIFEST_SUFFIX}")) if repo.is_dir() else []
+        if not paths:
+            raise ConfigurationError(
+                f"no model family in {repo.resolve()}: expected <family>{MANIFEST_SUFFIX} "
+                "(write one with `python -m export build`, or set TITOK_MODEL_REPOSITORY)"
+            )
+        models = {}
+        for path in paths:
+            try:
+                manifest = json.loads(path.read_text())
+                if manifest.get("manifest_format") != MANIFEST_FORMAT:
+                    raise ValueError(f"manifest_format {manifest.get('manifest_format')!r} is not {MANIFEST_FORMAT}")
+                _check_files(repo, manifest)
+                info = ModelInfo.from_manifest(manifest)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ConfigurationError(f"{path}: not a usable manifest: {e}") from e
+            models[info.family] = ServedModel(info, create_backend(settings, repo, manifest), settings, metrics)
+            log.info("loaded %s (version %d) from %s", info.family, info.version, repo)
+        return cls(models)
+
+    def get(self, name: str | None) -> ServedModel:
+        """The named family, or the default one; 404 for a name that is not served."""
+        if name is None:
+            return next(iter(self.models.values()))
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not served; served: {', '.join(self.models)}", "model")
+        return model
+
+    async def start(self) -> None:
+        for model in self.models.values():
+            await model.start()
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            await model.close()
+
+    async def ready(self) -> bool:
+        for model in self.models.values():
+            if not await model.ready():
+                return False
+        return True

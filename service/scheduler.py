@@ -1,0 +1,148 @@
+"""Step-level generation scheduling: every in-flight generation of a model advances together, one generator call
+per step (conditional and null-class rows in one batch); new requests join at the next step, finished ones leave.
+
+The sampling itself is ``service.sampler`` (per-item random generators), so an item's tokens do not depend on
+which other generations share its steps.
+"""
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BackendUnavailable, Overloaded, ServiceError
+from .metrics import Metrics
+from .sampler import Generation, advance, build_batch
+
+log = logging.getLogger("titok.scheduler")
+LogitsFn = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Request:
+    """The generations of one request and the future its caller awaits."""
+
+    gens: list[Generation]
+    future: asyncio.Future
+    enqueued: float
+
+
+class GenerationScheduler:
+    """Runs the step loop of one model; at most ``max_active`` generations advance at once, the rest wait."""
+
+    def __init__(
+        self,
+        model: str,
+        logits: LogitsFn,
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        metrics: Metrics,
+        backend: str,
+    ):
+        self.model, self._logits = model, logits
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self._waiting: deque[_Request] = deque()
+        self._waiting_items = 0
+        self._active: list[_Request] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._depth = metrics.queue_depth.labels(model, "generator")
+        self._wait = metrics.queue_wait.labels(model, "generator")
+        self._batch = metrics.batch_size.labels(model, "generator")
+        self._infer = metrics.inference_seconds.labels(model, "generator", backend)
+        self._active_gauge = metrics.active_generations.labels(model)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"scheduler-{self.model}")
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for req in [*self._waiting, *self._active]:
+            req.future.cancel()
+
+    async def generate(self, gens: list[Generation]) -> np.ndarray:
+        """The final tokens (len(gens), N) of fresh generations, advanced alongside every other in flight."""
+        if self._waiting_items + len(gens) > self.max_queue:
+            raise Overloaded(f"the generation queue of {self.model} is full; retry shortly")
+        req = _Request(gens, asyncio.get_running_loop().create_future(), time.monotonic())
+        self._waiting.append(req)
+        self._waiting_items += len(gens)
+        self._depth.set(self._waiting_items)
+        self._wake.set()
+        try:
+            return await req.future
+        finally:
+            req.future.cancel()  # a no-op when done; else the loop drops it before its next step
+
+    def _admit(self) -> None:
+        """Move waiting requests into the step batch while there is room (a lone request always fits)."""
+        active_items = sum(len(r.gens) for r in self._active)
+        while self._waiting:
+            req = self._waiting[0]
+            if not req.future.done() and self._active and active_items + len(req.gens) > self.max_batch_size:
+                break
+            self._waiting.popleft()
+            self._waiting_items -= len(req.gens)
+            if req.future.done():
+                continue
+            self._wait.observe(time.monotonic() - req.enqueued)
+            self._active.append(req)
+            active_items += len(req.gens)
+        self._depth.set(self._waiting_items)
+        self._active_gauge.set(active_items)
+
+    async def _loop(self) -> None:
+        while True:
+            self._active = [r for r in self._active if not r.future.done()]  # callers that left are dropped
+            self._admit()
+            if not self._active:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._step([g for r in self._active for g in r.gens])
+            except Exception as e:
+                if not isinstance(e, ServiceError):
+                    log.exception("generation step of %s failed", self.model)
+                    e = BackendUnavailable(f"generation failed: {e}")
+                for req in self._active:
+                    if not req.future.done():
+                        req.future.set_exception(e)
+                self._active = []
+                continue
+            still = []
+            for req in self._active:
+                if all(g.done for g in req.gens):
+                    if not req.future.done():
+                        req.future.set_result(np.stack([g.tokens for g in req.gens]))
+                else:
+                    still.append(req)
+            self._active = still
+            self._active_gauge.set(sum(len(r.gens) for r in still))
+
+    async def _step(self, gens: list[Generation]) -> None:
+        """One sampler step of ``gens``: one generator call (chunked only beyond the max batch size)."""
+        tokens, classes, rows = build_batch(gens)
+        parts = []
+        for begin in range(0, len(tokens), self.max_batch_size):
+            chunk = slice(begin, begin + self.max_batch_size)
+            self._batch.observe(len(tokens[chunk]))
+            start = time.perf_counter()
+            try:
+                parts.append(await self._logits(tokens[chunk], classes[chunk]))
+            finally:
+                self._infer.observe(time.perf_counter() - start)
+        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        # the sampler's float64 work for a full batch takes milliseconds: keep it off the event loop
+        await asyncio.to_thread(advance, gens, logits, rows)

@@ -1,0 +1,174 @@
+"""Request and response models of the v1 API (their field descriptions are the /docs page)."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+Schedule = Literal["constant", "linear", "power-cosine"]
+MAX_SEED = 2**63 - 1
+
+_MODEL = Field(None, description="Model family; the default family when omitted.", examples=["titok-fmnist"])
+
+
+class _Request(BaseModel):
+    # unknown fields and NaN/Infinity are refused (422) rather than silently ignored
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# -- models --------------------------------------------------------------------------------------------
+
+
+class ClassInfo(BaseModel):
+    """One class the generator knows."""
+
+    id: int = Field(description="Class index, usable as a class label.")
+    name: str = Field(description="Class name, usable as a class label (case-insensitive).")
+
+
+class SamplingDefaults(BaseModel):
+    """The family's default sampling settings (used for every field a generate request omits)."""
+
+    num_steps: int
+    guidance_scale: float
+    guidance_schedule: Schedule
+    temperature: float
+
+
+class ModelCard(BaseModel):
+    """A served model family and its facts, from its manifest."""
+
+    id: str = Field(description="Family name, the value of `model` in requests.")
+    object: Literal["model"] = "model"
+    version: int = Field(description="Model version in the repository.")
+    image_size: int = Field(description="Side of the square images the model reads and writes, in pixels.")
+    num_tokens: int = Field(description="Tokens per image.")
+    codebook_size: int = Field(description="Token ids lie in [0, codebook_size).")
+    num_classes: int = Field(description="Number of generator classes.")
+    classes: list[ClassInfo]
+    sampling: SamplingDefaults
+    max_batch_size: int = Field(description="Largest batch the model files accept.")
+
+
+class ModelList(BaseModel):
+    """The served model families."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# -- tokenize ------------------------------------------------------------------------------------------
+
+
+class TokenizeRequest(_Request):
+    """Images to turn into token ids (JSON form; a multipart upload of `files` is accepted too)."""
+
+    model: str | None = _MODEL
+    images: list[str] = Field(
+        min_length=1,
+        description="Base64 PNG, JPEG or WebP images (a `data:image/...;base64,` prefix is allowed). Any size and "
+        "mode: converted to RGB (transparency composited on black), the shorter side resized to the model's size "
+        "(bicubic, antialiased) and centre-cropped.",
+    )
+
+
+class TokenizeResponse(BaseModel):
+    """One token sequence per image, in request order."""
+
+    model: str
+    tokens: list[list[int]] = Field(description="Token ids, one list of `num_tokens` per image.")
+    num_tokens: int
+    codebook_size: int
+
+
+# -- detokenize ----------------------------------------------------------------------------------------
+
+
+class DetokenizeRequest(_Request):
+    """Token sequences to turn back into images."""
+
+    model: str | None = _MODEL
+    tokens: list[list[int]] = Field(
+        min_length=1, description="Sequences of exactly `num_tokens` ids in [0, codebook_size)."
+    )
+    format: ImageFormat = Field("png", description="Output image format (JPEG quality 95, WebP lossless).")
+
+
+class ImageData(BaseModel):
+    """One encoded image."""
+
+    b64_json: str = Field(description="The image file, base64-encoded.")
+
+
+class DetokenizeResponse(BaseModel):
+    """One image per sequence, in request order."""
+
+    model: str
+    format: ImageFormat
+    images: list[ImageData]
+
+
+# -- generate ------------------------------------------------------------------------------------------
+
+
+class GenerateRequest(_Request):
+    """Class-conditional generation with MaskGIT; every omitted sampling field takes the model's default."""
+
+    model: str | None = _MODEL
+    class_labels: int | str | list[int | str] = Field(
+        description="Class indices or names (one or a list); `n` images are made for each.", examples=[[0, "Sneaker"]]
+    )
+    n: int = Field(1, ge=1, description="Images per class label.")
+    num_steps: int | None = Field(None, ge=1, description="Sampling steps.")
+    guidance_scale: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale.")
+    guidance_schedule: Schedule | None = Field(None, description="How guidance grows over the steps.")
+    temperature: float | None = Field(None, ge=0, le=1000, description="Gumbel noise temperature (annealed to 0).")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="Image i of the request uses seed + i; the same request and seed give the same tokens and bytes "
+        "whatever else is being served. Random when omitted (and returned).",
+    )
+    return_tokens: bool = Field(False, description="Also return each image's token ids.")
+    format: ImageFormat = Field("png", description="Output image format.")
+
+
+class GeneratedImage(BaseModel):
+    """One generated image."""
+
+    b64_json: str = Field(description="The image file, base64-encoded.")
+    class_label: int = Field(description="Class index the image was generated for.")
+    class_name: str
+    seed: int = Field(description="Seed of this image (reproduces it with n=1).")
+    tokens: list[int] | None = Field(None, description="Token ids, when `return_tokens` was set.")
+
+
+class GenerateResponse(BaseModel):
+    """The generated images, label-major (all images of the first label first)."""
+
+    created: int = Field(description="Unix time of the answer.")
+    model: str
+    format: ImageFormat
+    images: list[GeneratedImage]
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: str
+    models: list[str] = []
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong."""
+
+    type: str = Field(description="Stable error type, e.g. invalid_image, payload_too_large, overloaded.")
+    message: str
+    param: str | None = Field(None, description="The request field at fault, when there is one.")
+
+
+class ErrorResponse(BaseModel):
+    """The one error shape, for every status."""
+
+    error: ErrorDetail
