@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from service.images import preprocess
+
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -110,48 +112,13 @@ def load_fashion_mnist(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _on_black(img: Image.Image) -> Image.Image:
-    """Composite an image with alpha onto black, as RGB."""
-    rgba = img.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; transparency is composited on black and 16/32-bit grey is rescaled."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P":
-        return _on_black(img) if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return _on_black(img)
-    if img.mode.startswith("I"):  # I;16* from 16-bit PNGs; "I" is read as 16-bit range too
-        grey = np.asarray(img, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
-    if img.mode == "F":
-        grey = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr: PIL's own conversion is right
-
-
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Reference preprocessing: to RGB, shorter side -> size (bicubic, antialiased), centred size x size crop.
 
-    Transparent pixels are composited on black, not white: the models are trained on Fashion-MNIST, whose
-    background is black, so a cut-out object on black is closest to what they have seen. Sizes and crop
-    offsets follow torchvision's Resize(size) + CenterCrop(size) (long side truncated, offsets rounded).
+    One implementation for training and serving: the gateway's (``service.images.preprocess``, torch-free, since
+    the gateway cannot import ``training``). Transparency is composited on black, Fashion-MNIST's background.
     """
-    img = to_rgb(img)
-    w, h = img.size
-    if min(w, h) != size:
-        if w <= h:
-            new_w, new_h = size, max(size, int(size * h / w))
-        else:
-            new_w, new_h = max(size, int(size * w / h)), size
-        # PIL widens the bicubic kernel when shrinking (antialias); reducing_gap first box-reduces huge images
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    w, h = img.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
+    return Image.fromarray(preprocess(img, size))
 
 
 def pil_to_uint8_chw(img: Image.Image) -> torch.Tensor:
