@@ -2,8 +2,8 @@
 
 The preprocessing lives here, torch-free, and training uses it too (``training.data.resize_center_crop``), so a
 model sees the same pixels in training and in serving: any mode becomes 8-bit RGB, with transparency composited on
-**black** (Fashion-MNIST's background, so a cut-out object looks like the training data); 16-bit grey is scaled to 8 bits;
-the shorter side is resized to the model's size with bicubic filtering (PIL widens the kernel when shrinking,
+**black** (Fashion-MNIST's background, so a cut-out object looks like the training data); 16-bit grey is scaled to
+8 bits; the shorter side is resized to the model's size with bicubic filtering (PIL widens the kernel when shrinking,
 i.e. antialiased) and the centre square is cropped, as torchvision's ``Resize(size)`` + ``CenterCrop(size)``.
 """
 
