@@ -114,14 +114,38 @@ class Recipe:
     # -- codebook restarts ----------------------------------------------------------------------------
 
     def quantizer(self):
+        """The codebook whose unused codes are restarted, if the recipe trains one."""
         return None
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (M, C) that unused codes move onto."""
         raise NotImplementedError
 
 
-class TokenizerRecipe(Recipe):
-    """Single-stage TiTok (and the 2D ablation): L2 (+ perceptual, + GAN) + quantizer loss."""
+class _CodebookRecipe(Recipe):
+    """Recipes that train a codebook: its usage is tracked and unused codes move onto encoder outputs."""
+
+    def quantizer(self):
+        return self.model.quantize
+
+    def latents(self, x):
+        z = self.model.encode_latents(x) if isinstance(self.model, TiTok) else self.model.encoder(x)  # (B, C, h, w)
+        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (M, C)
+
+
+class _PixelRecipe(_CodebookRecipe):
+    """Tokenizers trained end to end in pixel space: L2 (+ perceptual, + GAN) + quantizer loss."""
+
+    def loss(self, idx, step):
+        x = self.batch_images(idx)
+        recon, info = self.model(x)
+        total, logs = self.pixel_loss(recon, x, step)
+        logs["quantizer"] = info["quantizer_loss"].item()
+        return total + info["quantizer_loss"], {**logs, "indices": info["indices"]}
+
+
+class TokenizerRecipe(_PixelRecipe):
+    """Single-stage TiTok (and the 2D ablation)."""
 
     name = "tokenizer"
 
@@ -131,23 +155,9 @@ class TokenizerRecipe(Recipe):
             raise ValueError("recipe 'tokenizer' trains a TiTok with decoder_head 'pixel'")
         self.setup_pixel_losses()
 
-    def loss(self, idx, step):
-        x = self.batch_images(idx)
-        recon, info = self.model(x)
-        total, logs = self.pixel_loss(recon, x, step)
-        logs["quantizer"] = info["quantizer_loss"].item()
-        return total + info["quantizer_loss"], {**logs, "indices": info["indices"]}
 
-    def quantizer(self):
-        return self.model.quantize
-
-    def latents(self, x):
-        z = self.model.encode_latents(x)  # (B, C, 1, N)
-        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
-
-class VQGANRecipe(Recipe):
-    """The 2D teacher: L2 (+ perceptual, + GAN) + quantizer loss."""
+class VQGANRecipe(_PixelRecipe):
+    """The 2D MaskGIT-VQGAN teacher."""
 
     name = "vqgan"
 
@@ -157,22 +167,8 @@ class VQGANRecipe(Recipe):
             raise ValueError("recipe 'vqgan' trains a MaskGIT-VQGAN preset")
         self.setup_pixel_losses()
 
-    def loss(self, idx, step):
-        x = self.batch_images(idx)
-        recon, info = self.model(x)
-        total, logs = self.pixel_loss(recon, x, step)
-        logs["quantizer"] = info["quantizer_loss"].item()
-        return total + info["quantizer_loss"], {**logs, "indices": info["indices"]}
 
-    def quantizer(self):
-        return self.model.quantize
-
-    def latents(self, x):
-        z = self.model.encoder(x)  # (B, C, h, w)
-        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-
-
-class ProxyStage1Recipe(Recipe):
+class ProxyStage1Recipe(_CodebookRecipe):
     """Two-stage TiTok, stage 1: cross-entropy against the teacher's codes + quantizer loss."""
 
     name = "proxy-stage1"
@@ -206,13 +202,6 @@ class ProxyStage1Recipe(Recipe):
         ce = F.cross_entropy(logits.flatten(2), self.codes[idx].to(self.device))
         logs = {"ce": ce.item(), "quantizer": info["quantizer_loss"].item(), "indices": info["indices"]}
         return ce + info["quantizer_loss"], logs
-
-    def quantizer(self):
-        return self.model.quantize
-
-    def latents(self, x):
-        z = self.model.encode_latents(x)
-        return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
 
 
 class ProxyStage2Recipe(Recipe):
