@@ -2,6 +2,7 @@
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -147,21 +148,27 @@ def test_two_process_data_parallel_matches_one_process(tmp_path):
         "ema_decay=0.0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    with socket.socket() as sock:  # a free port: a fixed one can be taken or still in TIME_WAIT
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc-per-node",
         "2",
+        "--master-addr",
+        "127.0.0.1",
         "--master-port",
-        "29517",
+        port,
         "-m",
         "training",
         "train",
         f"out={tmp_path / 'ddp'}",
         *settings,
     ]
-    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
+    done = subprocess.run(cmd, env=env, cwd=ROOT, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
     train(load_config(None, [f"out={tmp_path / 'single'}", *settings]))
     a = load_checkpoint(tmp_path / "ddp/checkpoint").state_dict()
     b = load_checkpoint(tmp_path / "single/checkpoint").state_dict()
