@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: serve test lint setup-serve setup-dev data clean ship
+.PHONY: serve test lint setup-serve setup-dev setup-triton tools data clean ship
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,24 @@ $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
 setup-serve: $(VENV)/.serve-installed
 setup-dev: $(VENV)/.dev-installed
 
+# A real Triton server for the integration tests: nvidia-pytriton bundles tritonserver with only the Python
+# backend. Its own environment, because it pins numpy<2 (see tests/triton_server.py).
+TRITON_VENV ?= .venv-triton
+$(TRITON_VENV)/.installed: Makefile
+	rm -rf $(TRITON_VENV) && $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q 'nvidia-pytriton==0.7.0' 'onnxruntime>=1.18' 'numpy<2'
+	touch $@
+setup-triton: $(TRITON_VENV)/.installed
+
+# System tools the deployment tests run for real: Prometheus and promtool (Debian's prometheus package)
+tools: /usr/bin/promtool
+/usr/bin/promtool:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+	else \
+		echo "Prometheus is missing: run 'sudo apt-get install prometheus'" >&2; exit 1; \
+	fi
+
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package
 data: $(FMNIST)
 $(FMNIST):
@@ -38,11 +56,11 @@ lint: setup-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: setup-dev data lint
+test: setup-dev setup-triton tools data lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache *.egg-info
 
 # The shipped titok-fmnist family from scratch (about 1.5 h on 2 CPU cores; minutes on a GPU): classifier,
 # tokenizer, generator, sampling sweep, evaluation (docs/), export into model_repository/.
