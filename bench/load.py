@@ -16,7 +16,6 @@ import asyncio
 import base64
 import io
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -97,18 +96,20 @@ def _free_port() -> int:
 class _Gateway:
     """A gateway subprocess (``python -m service``) with extra settings."""
 
-    def __init__(self, repo: str, **settings):
+    def __init__(self, repo: str, poll_s: float = 0.1, **settings):
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "TITOK_PORT": str(port), "TITOK_MODEL_REPOSITORY": repo, "TITOK_LOG_LEVEL": "warning"}
         env.update({f"TITOK_{k.upper()}": str(v) for k, v in settings.items()})
         self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-        for _ in range(600):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(poll_s)
         self.close()
         raise RuntimeError("the gateway did not get ready")
 
@@ -117,7 +118,7 @@ class _Gateway:
         self.proc.wait(timeout=30)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", help="a running gateway (default: spawn one on --repo)")
     p.add_argument("--repo", default="model_repository", help="model repository for spawned gateways")
@@ -126,14 +127,16 @@ def main(argv=None) -> int:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
     p.add_argument("--compare-generation", action="store_true", help="generate: step batching vs one at a time")
-    args = p.parse_args(argv)
+    return p
+
+
+def report(args) -> str:
+    """The Markdown tables of one sweep (and of the one-at-a-time generation gateway with --compare-generation)."""
     levels = [int(c) for c in args.concurrency.split(",")]
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    machine = platform.processor() or platform.machine()
-    print(f"machine: {machine}, {os.cpu_count()} CPUs; {args.duration:g} s per point\n")
     spawned = None if args.url else _Gateway(args.repo)
     try:
-        print(sweep(args.url or spawned.url, routes, levels, args.duration, args.warmup, "gateway (default settings)"))
+        tables = [sweep(args.url or spawned.url, routes, levels, args.duration, args.warmup, "default settings")]
     finally:
         if spawned:
             spawned.close()
@@ -141,9 +144,16 @@ def main(argv=None) -> int:
         single = _Gateway(args.repo, max_batch_size=1)
         try:
             title = "generate, one generation at a time (TITOK_MAX_BATCH_SIZE=1)"
-            print("\n" + sweep(single.url, ["generate"], levels, args.duration, args.warmup, title))
+            tables.append(sweep(single.url, ["generate"], levels, args.duration, args.warmup, title))
         finally:
             single.close()
+    return "\n\n".join(tables)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    print(f"{os.cpu_count()} CPUs; {args.duration:g} s per point\n")
+    print(report(args))
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks that print Markdown tables: ``python -m bench`` runs the suite and writes docs/benchmarks.md."""

@@ -1,0 +1,70 @@
+"""The benchmark suite: every table of docs/benchmarks.md from one command, on this machine, ratios from one run.
+
+    python -m bench                       # all sections; writes docs/benchmarks.md
+    python -m bench --skip-large          # without the paper-size TiTok-L-32 section (the slow one)
+
+Run it on a quiet machine: other work on the same cores distorts the ratios (PyTorch eager suffers most).
+"""
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench import gateway, graphs, load
+from bench.machine import facts
+
+FAMILY = "checkpoints/titok-fmnist"
+
+
+def section(title: str, command: str, body: str, note: str = "") -> str:
+    parts = [f"## {title}", "", "```bash", command, "```", "", body]
+    return "\n".join(parts + (["", note] if note else [])) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--out", default="docs/benchmarks.md")
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--skip-large", action="store_true", help="skip TiTok-L-32 (minutes of export and inference)")
+    args = p.parse_args(argv)
+    started = time.time()
+    sections = []
+
+    cmd = f"python -m bench.graphs --tokenizer {FAMILY}/tokenizer --generator {FAMILY}/generator --pipelines"
+    body = graphs.run(graphs.parser().parse_args(cmd.split()[3:] + ["--threads", str(args.threads)]))
+    sections.append(section("ONNX Runtime vs PyTorch eager: the shipped titok-fmnist family", cmd, body))
+
+    cmd = f"python -m bench.gateway --repo {args.repo}"
+    body = gateway.report(gateway.parser().parse_args(["--repo", args.repo]))
+    sections.append(section("The gateway: HTTP vs engine, batching gain, start-up, memory, stages", cmd, body))
+
+    cmd = f"python bench/load.py --repo {args.repo} --compare-generation --duration 3 --warmup 1"
+    body = load.report(load.parser().parse_args(cmd.split()[2:]))
+    sections.append(section("The gateway under closed-loop load, per route and concurrency", cmd, body))
+
+    if not args.skip_large:
+        cmd = "python -m bench.graphs --preset titok-l-32 --batch-sizes 1,8 --pipelines --no-graphs --repeats 3"
+        body = graphs.run(graphs.parser().parse_args(cmd.split()[3:] + ["--threads", str(args.threads)]))
+        sections.append(section("The paper's TiTok-L-32 (random weights), 256x256", cmd, body))
+
+    minutes = (time.time() - started) / 60
+    head = [
+        "# Benchmarks",
+        "",
+        f"Written by `python -m bench` on {datetime.date.today()} in {minutes:.0f} min. Every number below was "
+        "measured on this machine in that one run; ratios compare measurements of the same run.",
+        "",
+        *facts(args.threads),
+        "",
+    ]
+    Path(args.out).write_text("\n".join(head) + "\n" + "\n".join(sections))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

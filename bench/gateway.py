@@ -1,0 +1,224 @@
+"""The gateway against its own engine, its batching gain, its start-up and memory, and where a request's time goes.
+
+    python -m bench.gateway --repo model_repository
+
+Tables:
+- HTTP vs engine: closed-loop throughput at one concurrency over real HTTP (a `python -m service` subprocess) and
+  of the same engine (batchers, generation scheduler, ONNX Runtime) called in-process with the same settings, so the
+  ratio is what HTTP, JSON, base64 and image coding cost.
+- Step-level batching: generate requests/s and p50 at concurrency C vs concurrency 1.
+- Cold start (process start to the first 200 from /readyz) and resident memory (after start, peak after load).
+- One request, piece by piece: the median time of each stage, run alone in-process, beside the HTTP latency.
+"""
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.load import _Gateway, _point
+from service.images import encode_image, load_image
+from service.metrics import Metrics
+from service.registry import Registry
+from service.sampler import Generation, advance, build_batch
+from service.settings import Settings
+
+
+def _image_png() -> bytes:
+    rng = np.random.default_rng(0)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def _engine_point(repo: str, route: str, concurrency: int, duration: float, warmup: float) -> dict:
+    """The HTTP closed loop's twin, calling the engine (ServedModel) directly with the gateway's default settings."""
+    registry = Registry.load(Settings(model_repository=repo), Metrics())
+    await registry.start()
+    model = registry.get(None)
+    image = load_image(_image_png(), model.info.image_size, 1 << 24, "image")[None]
+    sampling, counter = model.sampling(), iter(range(10**9))
+    latencies = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+
+    async def client():
+        while (sent := time.perf_counter()) < stop_at:
+            i = next(counter)
+            if route == "tokenize":
+                await model.tokenize(image)
+            else:
+                await model.generate([i % model.info.num_classes], [i], sampling)
+            if sent >= measure_from:
+                latencies.append(time.perf_counter() - sent)
+
+    try:
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    finally:
+        await registry.close()
+    p50 = 1000 * statistics.median(latencies) if latencies else float("nan")
+    return {"n": len(latencies), "rps": len(latencies) / duration, "p50": p50}
+
+
+def http_vs_engine(gateway: _Gateway, repo: str, concurrency: int, duration: float, warmup: float) -> list[str]:
+    png = base64.b64encode(_image_png()).decode()
+    bodies = {"tokenize": lambda i: {"images": [png]}, "generate": lambda i: {"class_labels": i % 10, "seed": i}}
+    lines = [
+        "| route | concurrency | HTTP req/s | HTTP p50 ms | engine req/s | engine p50 ms | HTTP / engine |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for route, body in bodies.items():
+        http = asyncio.run(_point(gateway.url, route, body, concurrency, duration, warmup))
+        direct = asyncio.run(_engine_point(repo, route, concurrency, duration, warmup))
+        lines.append(
+            f"| {route} | {concurrency} | {http['rps']:.1f} | {http['p50']:.1f} | {direct['rps']:.1f} "
+            f"| {direct['p50']:.1f} | {http['rps'] / direct['rps']:.0%} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def batching_gain(gateway: _Gateway, levels: list[int], duration: float, warmup: float) -> list[str]:
+    body = lambda i: {"class_labels": i % 10, "seed": i}  # noqa: E731
+    lines = [
+        "| concurrency | req/s | p50 ms | p99 ms | req/s vs c=1 | p50 vs c=1 |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = None
+    for c in levels:
+        r = asyncio.run(_point(gateway.url, "generate", body, c, duration, warmup))
+        base = base or r
+        lines.append(
+            f"| {c} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['rps'] / base['rps']:.2f}x "
+            f"| {r['p50'] / base['p50']:.2f}x |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def _memory_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cold_start(repo: str, runs: int) -> tuple[list[float], float]:
+    """Seconds from process start to ready, per run; and resident MiB of the last one once ready."""
+    times, rss = [], float("nan")
+    for _ in range(runs):
+        start = time.perf_counter()
+        gateway = _Gateway(repo, poll_s=0.01)
+        times.append(time.perf_counter() - start)
+        rss = _memory_mib(gateway.proc.pid, "VmRSS")
+        gateway.close()
+    return times, rss
+
+
+def _median_ms(fn, repeats: int = 50) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def stages(repo: str) -> list[tuple[str, str, float]]:
+    """(request, stage, median ms) of one tokenize and one generate request, each stage run alone in-process."""
+    registry = Registry.load(Settings(model_repository=repo), Metrics())
+    model = registry.get(None)
+    backend, info = model.backend, model.info
+    png = _image_png()
+    body = json.dumps({"images": [base64.b64encode(png).decode()]})
+    image = load_image(png, info.image_size, 1 << 24, "image")
+    run = asyncio.new_event_loop().run_until_complete
+    tokens = run(backend.encode(image[None]))
+    sampling = model.sampling()
+    dims = dict(seq_len=info.num_tokens, codebook_size=info.codebook_size, num_classes=info.num_classes)
+
+    def sampler_only():
+        # the numpy part of one generation: batch building and token updates, with stand-in logits
+        gen = Generation.start(3, 0, sampling, **dims)
+        logits = np.zeros((2, info.num_tokens, info.codebook_size), np.float32)
+        while not gen.done:
+            batch_tokens, _, rows = build_batch([gen])
+            advance([gen], logits[: len(batch_tokens)], rows)
+
+    def generator_calls():
+        gen = Generation.start(3, 0, sampling, **dims)
+        while not gen.done:
+            batch_tokens, classes, rows = build_batch([gen])
+            advance([gen], run(backend.logits(batch_tokens, classes)), rows)
+
+    image_out = run(backend.decode(tokens))[0]
+    out = [
+        ("tokenize", "JSON parse + base64", _median_ms(lambda: base64.b64decode(json.loads(body)["images"][0]))),
+        ("tokenize", "PNG decode + preprocess", _median_ms(lambda: load_image(png, info.image_size, 1 << 24, "i"))),
+        ("tokenize", "encoder (ONNX Runtime, batch 1)", _median_ms(lambda: run(backend.encode(image[None])))),
+        ("tokenize", "response JSON", _median_ms(lambda: json.dumps({"tokens": tokens.tolist()}))),
+        ("generate", f"sampler numpy ({sampling.num_steps} steps)", _median_ms(sampler_only)),
+        ("generate", f"{sampling.num_steps} steps incl. generator calls", _median_ms(generator_calls, 20)),
+        ("generate", "decoder (ONNX Runtime, batch 1)", _median_ms(lambda: run(backend.decode(tokens)))),
+        ("generate", "PNG encode + base64", _median_ms(lambda: base64.b64encode(encode_image(image_out, "png")))),
+    ]
+    run(backend.close())
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--concurrency", type=int, default=32, help="for HTTP vs engine and the batching gain")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--cold-starts", type=int, default=3)
+    return p
+
+
+def main(argv=None) -> int:
+    print(report(parser().parse_args(argv)))
+    return 0
+
+
+def report(args) -> str:
+    lines = []
+    gateway = _Gateway(args.repo)
+    try:
+        lines += ["### HTTP vs the engine called directly (same batching)", ""]
+        lines += http_vs_engine(gateway, args.repo, args.concurrency, args.duration, args.warmup)
+        lines += ["", "### Step-level batching: generate at concurrency C vs 1", ""]
+        lines += batching_gain(gateway, [1, args.concurrency], args.duration, args.warmup)
+        peak = _memory_mib(gateway.proc.pid, "VmHWM")
+    finally:
+        gateway.close()
+    times, rss = cold_start(args.repo, args.cold_starts)
+    lines += [
+        "",
+        "### Cold start and memory",
+        "",
+        "| measure | value |",
+        "|---|---:|",
+        f"| process start to ready (median of {len(times)}) | {statistics.median(times):.2f} s |",
+        f"| resident memory once ready | {rss:.0f} MiB |",
+        f"| peak resident memory after the load above | {peak:.0f} MiB |",
+        "",
+        "### One request, stage by stage (each stage alone, in-process, median)",
+        "",
+        "| request | stage | ms |",
+        "|---|---|---:|",
+    ]
+    lines += [f"| {r} | {s} | {ms:.2f} |" for r, s, ms in stages(args.repo)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
