@@ -31,13 +31,20 @@ $(TRITON_VENV)/.installed: Makefile
 	touch $@
 setup-triton: $(TRITON_VENV)/.installed
 
-# System tools the deployment tests run for real: Prometheus and promtool (Debian's prometheus package)
-tools: /usr/bin/promtool
+# System tools the tests run for real: Prometheus and promtool (Debian's prometheus package) in the deployment
+# tests, Chromium (headless, driven by Playwright) in the playground test
+tools: /usr/bin/promtool /usr/bin/chromium
 /usr/bin/promtool:
 	@if [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
 	else \
 		echo "Prometheus is missing: run 'sudo apt-get install prometheus'" >&2; exit 1; \
+	fi
+/usr/bin/chromium:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "Chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; \
 	fi
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package

@@ -1,9 +1,11 @@
 """The app factory: settings -> registry -> FastAPI app with middleware, error handlers and routes."""
 
 from contextlib import asynccontextmanager
+from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
 
 from .errors import install_error_handlers
 from .metrics import Metrics
@@ -13,7 +15,28 @@ from .routes import build_router
 from .settings import Settings
 
 DESCRIPTION = """Tokenize images into TiTok's 1D tokens, decode tokens back into images, and generate
-class-conditional images with MaskGIT. Every error answers `{"error": {"type", "message", "param"?}}`."""
+class-conditional images with MaskGIT. Every error answers `{"error": {"type", "message", "param"?}}`.
+A playground page is served at `/`."""
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def page_router() -> tuple[APIRouter, set[str]]:
+    """The playground at `/` and its files at `/static/<name>` (they need no API key; the page's API calls send
+    it), and the paths it serves."""
+    files = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    async def playground() -> FileResponse:
+        return FileResponse(files["index.html"])
+
+    @router.get("/static/{name}")
+    async def static(name: str) -> FileResponse:
+        if name not in files:
+            raise HTTPException(404, f"no file {name!r} under /static")
+        return FileResponse(files[name])
+
+    return router, {"/", *(f"/static/{name}" for name in files)}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     router = build_router(settings, registry, metrics)
     app.include_router(router)
+    pages, page_paths = page_router()
+    app.include_router(pages)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -43,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    routes = {route.path for route in router.routes}
+    routes = {route.path for route in router.routes} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
     app.add_middleware(
         RequestContext,

@@ -1,0 +1,172 @@
+"""The playground page at `/` in a real headless Chromium (Debian's, `make tools`, driven by Playwright) against a
+real gateway with an API key: a Fashion-MNIST PNG -> tokens and reconstruction with PSNR, token edits, a generated
+grid, and the page's message for each error. TITOK_UPDATE_SCREENSHOT=1 refreshes docs/playground.png."""
+
+import base64
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, Gateway
+
+CHROMIUM = Path("/usr/bin/chromium")
+KEY = "page-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(model_repository, tmp_path_factory):
+    g = Gateway(model_repository, tmp_path_factory.mktemp("gw") / "playground.log", api_keys=KEY)
+    yield g
+    g.stop()
+
+
+@pytest.fixture(scope="module")
+def sneaker(tmp_path_factory) -> Path:
+    """The first sneaker of Fashion-MNIST's test split, as the 32x32 PNG the model was trained on."""
+    from training.data import load_fashion_mnist
+
+    x, y = load_fashion_mnist("test", limit=100)
+    path = tmp_path_factory.mktemp("images") / "sneaker.png"
+    Image.fromarray(x[int((y == 7).nonzero()[0, 0])].permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def route_counts(url: str) -> dict[str, float]:
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for s in family.samples:
+            if s.name == "titok_requests_total":
+                counts[s.labels["route"]] = counts.get(s.labels["route"], 0) + s.value
+    return counts
+
+
+def test_page_needs_no_key_and_has_its_own_metric_routes(server):
+    before = route_counts(server.url)
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for name in re.findall(r'"/static/([\w.]+)"', page.text):
+        assert httpx.get(f"{server.url}/static/{name}").status_code == 200
+    missing = httpx.get(f"{server.url}/static/nope.js")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"
+    assert httpx.get(f"{server.url}/v1/models").status_code == 401  # the API itself still needs the key
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    assert "/" not in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    after = route_counts(server.url)
+    assert after["/"] - before.get("/", 0) == 1
+    assert after["/static/{name}"] - before.get("/static/{name}", 0) == 3  # style.css, app.js and nope.js
+    assert after.get("other", 0) - before.get("other", 0) == 2  # /docs and /openapi.json: FastAPI's own routes
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is missing: `make tools` (apt-get install chromium)")
+def test_playground_in_chromium(server, sneaker, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    tokens = httpx.post(
+        f"{server.url}/v1/tokenize", json={"images": [base64.b64encode(sneaker.read_bytes()).decode()]}, headers=AUTH
+    ).json()["tokens"][0]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(sneaker.read_bytes()[:70])  # a real PNG cut short
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page(viewport={"width": 1100, "height": 640})
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.set_default_timeout(30_000)
+        error = page.locator("#error")
+
+        # no key yet: the models call answers 401 and the page says what to do
+        page.goto(server.url)
+        expect(error).to_contain_text("401 unauthorized")
+        expect(error).to_contain_text("Enter a valid API key")
+        page.fill("#api-key", KEY)
+        page.press("#api-key", "Enter")
+        expect(page.locator("#class option")).to_have_count(10)
+        expect(error).to_be_hidden()
+        page.reload()  # the key is kept in localStorage
+        expect(page.locator("#api-key")).to_have_value(KEY)
+        expect(page.locator("#class option")).to_have_count(10)
+        expect(error).to_be_hidden()
+
+        # a real image: its 32 tokens (the API's), colour chips, the reconstruction and an exact PSNR
+        page.set_input_files("#file", str(sneaker))
+        expect(page.locator("#psnr")).to_contain_text("dB")
+        ids = page.locator("#tokens input")
+        assert [int(v) for v in ids.evaluate_all("inputs => inputs.map(i => i.value)")] == tokens
+        chips = page.locator("#tokens .chip").evaluate_all("cs => cs.map(c => getComputedStyle(c).backgroundColor)")
+        assert len(set(chips)) >= 16 and page.evaluate("tokenColour(7) === tokenColour(7)")
+        assert page.locator("#reconstruction").evaluate("img => img.naturalWidth") == 32
+        assert float(page.locator("#psnr").text_content().split()[0]) > 15
+        expect(page.locator("#psnr-note")).to_contain_text("Exact")
+
+        # a grid of generated images with their seeds
+        page.select_option("#class", "7")
+        page.fill("#n", "8")
+        page.fill("#seed", "11")
+        page.click("#generate-button")
+        figures = page.locator("#grid figure")
+        expect(figures).to_have_count(8)
+        expect(figures.locator("figcaption")).to_have_text([f"Sneaker \u00b7 seed {s}" for s in range(11, 19)])
+        assert figures.locator("img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)") == [32] * 8
+        page.screenshot(path=tmp_path / "playground.png")
+
+        # edit a token and decode again: a new image
+        first = page.locator("#reconstruction").get_attribute("src")
+        ids.nth(0).fill(str((tokens[0] + 512) % 1024))
+        page.click("#decode")
+        expect(page.locator("#reconstruction")).not_to_have_attribute("src", first)
+        expect(page.locator("#status")).to_contain_text("Decoded")
+
+        # a generated image's tokens go into the editor and decode to the same image
+        figures.nth(2).click()
+        expect(page.locator("#psnr")).to_have_text("\u221e dB")
+
+        # a larger image dropped on the page: resized in the browser, so the PSNR is approximate
+        big = tmp_path / "big.png"
+        Image.open(sneaker).resize((48, 64), Image.Resampling.BICUBIC).save(big)
+        files = page.evaluate_handle(
+            """b64 => {
+                const files = new DataTransfer();
+                const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                files.items.add(new File([bytes], "big.png", { type: "image/png" }));
+                return files;
+            }""",
+            base64.b64encode(big.read_bytes()).decode(),
+        )
+        page.dispatch_event("#drop", "drop", {"dataTransfer": files})
+        expect(page.locator("#psnr-note")).to_contain_text("Approximate: the browser resized the 48\u00d764 input")
+        expect(page.locator("#status")).to_contain_text("Tokenized big.png")
+        assert float(page.locator("#psnr").text_content().split()[0]) > 12
+
+        # errors: the API's, shown as status, type and message; and the page's own
+        ids.nth(3).fill("5000")
+        page.click("#decode")
+        expect(error).to_contain_text("400 invalid_request: token ids must lie in [0, 1024), not 5000 [tokens[0][3]]")
+        ids.nth(3).fill("x")
+        page.click("#decode")
+        expect(error).to_contain_text('Token 3 must be a whole number, not "x".')
+        page.fill("#n", "65")
+        page.click("#generate-button")
+        expect(error).to_contain_text("400 invalid_request: at most 64 images per request")
+        page.fill("#n", "0")
+        page.click("#generate-button")
+        expect(error).to_contain_text("422 validation_error: n:")
+        page.set_input_files("#file", str(broken))
+        expect(error).to_contain_text("400 invalid_image: cannot decode the PNG image")
+        page.fill("#api-key", "wrong")
+        page.press("#api-key", "Enter")
+        expect(error).to_contain_text("401 unauthorized")
+        assert problems == []
+        browser.close()
+
+    shot = tmp_path / "playground.png"
+    assert shot.stat().st_size < 200_000
+    if os.environ.get("TITOK_UPDATE_SCREENSHOT"):
+        shutil.copy(shot, ROOT / "docs" / "playground.png")
