@@ -17,8 +17,8 @@ from .triton_repo import CONFIG_FILE, MODEL_FILE, read_config, write_config
 TWIN_MODEL = Path(__file__).with_name("twin_model.py")
 
 
-def twin_config(config: mc.ModelConfig) -> mc.ModelConfig:
-    """The Python-backend version of an onnxruntime_onnx config."""
+def twin_config(config: mc.ModelConfig, intra_op_threads: int | None = None) -> mc.ModelConfig:
+    """The Python-backend version of an onnxruntime_onnx config (``intra_op_threads``: override the thread count)."""
     twin = mc.ModelConfig()
     twin.CopyFrom(config)
     twin.ClearField("platform")
@@ -26,6 +26,8 @@ def twin_config(config: mc.ModelConfig) -> mc.ModelConfig:
     twin.ClearField("optimization")
     for group in twin.instance_group:
         group.kind = mc.ModelInstanceGroup.KIND_CPU
+    if intra_op_threads is not None:  # a test machine with few cores: the production count may be "all cores"
+        twin.parameters["intra_op_thread_count"].string_value = str(intra_op_threads)
     return twin
 
 
@@ -37,7 +39,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def write_twin(repo: str | Path, out: str | Path) -> list[str]:
+def write_twin(repo: str | Path, out: str | Path, intra_op_threads: int | None = None) -> list[str]:
     """Write the twin of every family in ``repo`` (found by its manifest) into ``out``; returns the model names."""
     repo, out = Path(repo), Path(out)
     if out.resolve() == repo.resolve():
@@ -58,7 +60,7 @@ def write_twin(repo: str | Path, out: str | Path) -> list[str]:
             _link_or_copy(src / Path(entry["path"]).relative_to(entry["model_name"]), version / MODEL_FILE)
             shutil.copyfile(TWIN_MODEL, version / "model.py")
             note = "Python-backend twin written by `python -m export twin`"
-            write_config(dst / CONFIG_FILE, twin_config(read_config(src / CONFIG_FILE)), note)
+            write_config(dst / CONFIG_FILE, twin_config(read_config(src / CONFIG_FILE), intra_op_threads), note)
             names.append(entry["model_name"])
         shutil.copyfile(path, out / path.name)
     return names

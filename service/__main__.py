@@ -4,6 +4,7 @@ import logging
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from .app import create_app
 from .errors import ConfigurationError
@@ -12,7 +13,13 @@ from .settings import Settings
 
 
 def main() -> int:
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as e:  # one line per bad TITOK_ variable instead of a traceback
+        for err in e.errors():
+            name = "TITOK_" + "_".join(str(p) for p in err["loc"]).upper()
+            print(f"invalid setting {name}: {err['msg']}", file=sys.stderr)
+        return 1
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)

@@ -17,6 +17,11 @@ log = logging.getLogger("titok.batcher")
 RunFn = Callable[..., Awaitable[np.ndarray]]
 
 
+def request_ids(ids) -> str:
+    """The distinct request ids of a batch's rows, comma-separated, for the backend's logs."""
+    return ",".join(dict.fromkeys(i for i in ids if i))
+
+
 @dataclass(eq=False)
 class _Job:
     """Some rows of one request, waiting for a batch."""
@@ -24,6 +29,7 @@ class _Job:
     inputs: tuple[np.ndarray, ...]
     future: asyncio.Future
     enqueued: float
+    request_id: str
 
     @property
     def rows(self) -> int:
@@ -70,7 +76,7 @@ class MicroBatcher:
         for job in self._queue:
             job.future.cancel()
 
-    async def submit(self, *inputs: np.ndarray) -> np.ndarray:
+    async def submit(self, *inputs: np.ndarray, request_id: str = "") -> np.ndarray:
         """The graph's output for ``inputs`` (arrays with the same first dimension), batched with others."""
         rows = len(inputs[0])
         if self._queued_rows + rows > self.max_queue:
@@ -79,7 +85,7 @@ class MicroBatcher:
         jobs = []
         for begin in range(0, rows, self.max_batch_size):  # a request larger than a batch runs as several
             part = tuple(x[begin : begin + self.max_batch_size] for x in inputs)
-            job = _Job(part, loop.create_future(), time.monotonic())
+            job = _Job(part, loop.create_future(), time.monotonic(), request_id)
             jobs.append(job)
             self._queue.append(job)
             self._queued_rows += job.rows
@@ -136,7 +142,7 @@ class MicroBatcher:
         self._batch.observe(len(inputs[0]))
         start = time.perf_counter()
         try:
-            output = await self._run(*inputs)
+            output = await self._run(*inputs, request_id=request_ids(job.request_id for job in batch))
         except Exception as e:
             error = e if isinstance(e, ServiceError) else BackendUnavailable(f"{self.graph} failed: {e}")
             for job in batch:

@@ -1,5 +1,6 @@
 """One served model family: what its manifest says, its batchers and scheduler, and the checks on its inputs."""
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ import numpy as np
 
 from .backends import Backend
 from .batcher import MicroBatcher
-from .errors import InvalidRequest
+from .errors import InvalidRequest, ServiceError
 from .metrics import Metrics
 from .sampler import SCHEDULES, Generation, SamplingSettings
 from .settings import Settings
@@ -64,11 +65,31 @@ class ServedModel:
         self.decoder = MicroBatcher(info.family, "decoder", backend.decode, max_wait_s=wait, **common)
         self.scheduler = GenerationScheduler(info.family, backend.logits, **common)
         self._lower_names = {name.lower(): i for i, name in enumerate(info.class_names)}
+        self.warm, self._warming = False, None
 
     async def start(self) -> None:
-        """Start the workers and warm every graph up, checking that a row's output does not depend on its batch."""
+        """Start the workers and warm every graph up. A remote backend is warmed up in the background, retried until
+        it answers: Triton may come up after the gateway (compose, Kubernetes); not ready until then."""
         for worker in (self.encoder, self.decoder, self.scheduler):
             worker.start()
+        if self.backend.remote:
+            self._warming = asyncio.create_task(self._warm_up_until_done(), name=f"warm-up-{self.info.family}")
+        else:
+            await self._warm_up()
+
+    async def _warm_up_until_done(self, every_s: float = 1.0) -> None:
+        last = None
+        while True:
+            try:
+                return await self._warm_up()
+            except ServiceError as e:
+                if str(e) != last:  # once per distinct error, not once a second
+                    log.warning("%s: the backend is not usable yet (%s); retrying", self.info.family, e)
+                    last = str(e)
+            await asyncio.sleep(every_s)
+
+    async def _warm_up(self) -> None:
+        """Run every graph once, checking that a row's output does not depend on its batch."""
         info, rng = self.info, np.random.default_rng(0)
         await self.backend.encode(rng.integers(0, 256, (2, info.image_size, info.image_size, 3), dtype=np.uint8))
         # seeded generation promises the same bytes whatever the batch-mates: that needs batch-invariant graphs
@@ -83,15 +104,18 @@ class ServedModel:
             log.info("%s: outputs do not depend on the batch (seeded results are reproducible)", info.family)
         else:
             log.warning("%s: outputs differ with the batch size; seeded results may vary with load", info.family)
+        self.warm = True
 
     async def close(self) -> None:
+        if self._warming is not None:
+            self._warming.cancel()
         for worker in (self.encoder, self.decoder, self.scheduler):
             await worker.stop()
         await self.backend.close()
 
     async def ready(self) -> bool:
         workers = (self.encoder, self.decoder, self.scheduler)
-        return all(w.alive for w in workers) and await self.backend.ready()
+        return self.warm and all(w.alive for w in workers) and await self.backend.ready()
 
     # -- inputs ----------------------------------------------------------------------------------------
 
@@ -132,18 +156,19 @@ class ServedModel:
 
     # -- work ------------------------------------------------------------------------------------------
 
-    async def tokenize(self, images: np.ndarray) -> np.ndarray:
+    # request_id: the caller's X-Request-ID, handed on to the backend with the batch that serves it
+    async def tokenize(self, images: np.ndarray, request_id: str = "") -> np.ndarray:
         """uint8 (B, H, W, 3) -> int64 (B, N)."""
-        return await self.encoder.submit(images)
+        return await self.encoder.submit(images, request_id=request_id)
 
-    async def detokenize(self, tokens: np.ndarray) -> np.ndarray:
+    async def detokenize(self, tokens: np.ndarray, request_id: str = "") -> np.ndarray:
         """int64 (B, N) -> uint8 (B, H, W, 3)."""
-        return await self.decoder.submit(tokens)
+        return await self.decoder.submit(tokens, request_id=request_id)
 
-    async def generate(self, class_ids: list[int], seeds: list[int], settings: SamplingSettings):
+    async def generate(self, class_ids: list[int], seeds: list[int], settings: SamplingSettings, request_id: str = ""):
         """Tokens (B, N) and images (B, H, W, 3): one generation per (class, seed), decoded in shared batches."""
         info = self.info
         dims = dict(seq_len=info.num_tokens, codebook_size=info.codebook_size, num_classes=info.num_classes)
         gens = [Generation.start(c, s, settings, **dims) for c, s in zip(class_ids, seeds, strict=True)]
-        tokens = await self.scheduler.generate(gens)
-        return tokens, await self.decoder.submit(tokens)
+        tokens = await self.scheduler.generate(gens, request_id=request_id)
+        return tokens, await self.decoder.submit(tokens, request_id=request_id)

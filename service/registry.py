@@ -43,7 +43,8 @@ class Registry:
                 manifest = json.loads(path.read_text())
                 if manifest.get("manifest_format") != MANIFEST_FORMAT:
                     raise ValueError(f"manifest_format {manifest.get('manifest_format')!r} is not {MANIFEST_FORMAT}")
-                _check_files(repo, manifest)
+                if settings.backend == "embedded":  # Triton holds its own copy of the model files
+                    _check_files(repo, manifest)
                 info = ModelInfo.from_manifest(manifest)
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigurationError(f"{path}: not a usable manifest: {e}") from e

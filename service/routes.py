@@ -204,7 +204,7 @@ def build_router(settings: Settings, registry: Registry, metrics: Metrics) -> AP
             lambda: [imaging.load_image(data, size, limit, f"images[{i}]") for i, data in enumerate(blobs)],
             limiter=decoding,
         )
-        tokens = await guarded(request, model.tokenize(np.stack(arrays)))
+        tokens = await guarded(request, model.tokenize(np.stack(arrays), request.state.request_id))
         metrics.tokens_produced.labels(model.info.family, "tokenize").inc(tokens.size)
         return TokenizeResponse(
             model=model.info.family,
@@ -227,7 +227,7 @@ def build_router(settings: Settings, registry: Registry, metrics: Metrics) -> AP
         tokens = model.check_tokens(body.tokens)
         raw = _raw_format(request.headers.get("accept")) if len(body.tokens) == 1 else None
         fmt = raw or body.format
-        images = await guarded(request, model.detokenize(tokens))
+        images = await guarded(request, model.detokenize(tokens, request.state.request_id))
         files = await run_in_threadpool(lambda: [imaging.encode_image(im, fmt) for im in images])
         if raw:
             return Response(files[0], media_type=imaging.MEDIA_TYPES[fmt])
@@ -264,7 +264,7 @@ def build_router(settings: Settings, registry: Registry, metrics: Metrics) -> AP
         base = body.seed if body.seed is not None else secrets.randbelow(2**31)
         class_ids = [c for c in ids for _ in range(body.n)]  # label-major
         seeds = [base + i for i in range(total)]
-        tokens, images = await guarded(request, model.generate(class_ids, seeds, sampling))
+        tokens, images = await guarded(request, model.generate(class_ids, seeds, sampling, request.state.request_id))
         files = await run_in_threadpool(lambda: [imaging.encode_image(im, body.format) for im in images])
         family = model.info.family
         metrics.images_generated.labels(family).inc(total)

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .batcher import request_ids
 from .errors import BackendUnavailable, Overloaded, ServiceError
 from .metrics import Metrics
 from .sampler import Generation, advance, build_batch
 
 log = logging.getLogger("titok.scheduler")
-LogitsFn = Callable[[np.ndarray, np.ndarray], Awaitable[np.ndarray]]
+LogitsFn = Callable[..., Awaitable[np.ndarray]]
 
 
 @dataclass(eq=False)
@@ -29,6 +30,7 @@ class _Request:
     gens: list[Generation]
     future: asyncio.Future
     enqueued: float
+    request_id: str
 
 
 class GenerationScheduler:
@@ -71,11 +73,11 @@ class GenerationScheduler:
         for req in [*self._waiting, *self._active]:
             req.future.cancel()
 
-    async def generate(self, gens: list[Generation]) -> np.ndarray:
+    async def generate(self, gens: list[Generation], request_id: str = "") -> np.ndarray:
         """The final tokens (len(gens), N) of fresh generations, advanced alongside every other in flight."""
         if self._waiting_items + len(gens) > self.max_queue:
             raise Overloaded(f"the generation queue of {self.model} is full; retry shortly")
-        req = _Request(gens, asyncio.get_running_loop().create_future(), time.monotonic())
+        req = _Request(gens, asyncio.get_running_loop().create_future(), time.monotonic(), request_id)
         self._waiting.append(req)
         self._waiting_items += len(gens)
         self._depth.set(self._waiting_items)
@@ -111,7 +113,8 @@ class GenerationScheduler:
                 await self._wake.wait()
                 continue
             try:
-                await self._step([g for r in self._active for g in r.gens])
+                ids = request_ids(r.request_id for r in self._active)
+                await self._step([g for r in self._active for g in r.gens], ids)
             except Exception as e:
                 if not isinstance(e, ServiceError):
                     log.exception("generation step of %s failed", self.model)
@@ -131,7 +134,7 @@ class GenerationScheduler:
             self._active = still
             self._active_gauge.set(sum(len(r.gens) for r in still))
 
-    async def _step(self, gens: list[Generation]) -> None:
+    async def _step(self, gens: list[Generation], request_id: str = "") -> None:
         """One sampler step of ``gens``: one generator call (chunked only beyond the max batch size)."""
         tokens, classes, rows = build_batch(gens)
         parts = []
@@ -140,7 +143,7 @@ class GenerationScheduler:
             self._batch.observe(len(tokens[chunk]))
             start = time.perf_counter()
             try:
-                parts.append(await self._logits(tokens[chunk], classes[chunk]))
+                parts.append(await self._logits(tokens[chunk], classes[chunk], request_id=request_id))
             finally:
                 self._infer.observe(time.perf_counter() - start)
         logits = parts[0] if len(parts) == 1 else np.concatenate(parts)

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     model_repository: Path = Field(Path("model_repository"), description="Triton model repository with manifests")
     backend: Literal["embedded", "triton"] = Field("embedded", description="embedded onnxruntime, or Triton")
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address (backend=triton)")
+    triton_probe_timeout_s: float = Field(1.0, gt=0, description="Triton readiness probe timeout (backend=triton)")
 
     max_batch_size: int = Field(32, ge=1, description="rows per model call (capped by the manifest's)")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill before it runs")

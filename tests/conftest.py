@@ -101,3 +101,37 @@ def tight_gateway(model_repository, tmp_path_factory):
     )
     yield g
     g.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# A real Triton (tests/triton_server.py) and a gateway on it
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def twin_repository(model_repository, tmp_path_factory) -> Path:
+    """The Python-backend twin of the served repository (the same model.onnx files and manifests)."""
+    from tests.triton_server import write_twin_repository
+
+    return write_twin_repository(tmp_path_factory.mktemp("twin") / "repository", model_repository)
+
+
+@pytest.fixture(scope="session")
+def triton(twin_repository, tmp_path_factory):
+    """A running tritonserver on the twin; a test that stops or kills it starts it again before it ends."""
+    from tests.triton_server import TritonServer
+
+    workdir = tmp_path_factory.mktemp("triton")
+    server = TritonServer(twin_repository, workdir, workdir / "tritonserver.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def triton_gateway(twin_repository, triton, tmp_path_factory):
+    """The gateway on the Triton backend, talking to ``triton`` over gRPC."""
+    log = tmp_path_factory.mktemp("gw") / "triton-gateway.log"
+    g = Gateway(twin_repository, log, backend="triton", triton_url=triton.grpc_url)
+    yield g
+    g.stop()

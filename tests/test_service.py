@@ -462,7 +462,10 @@ def test_deadline_answers_504(model_repository, tmp_path):
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"TITOK_MODEL_REPOSITORY": "/nonexistent"}, "no model family"), ({"TITOK_BACKEND": "triton"}, "not available")],
+    [
+        ({"TITOK_MODEL_REPOSITORY": "/nonexistent"}, "no model family"),
+        ({"TITOK_MAX_BATCH_SIZE": "0"}, "TITOK_MAX_BATCH_SIZE"),
+    ],
 )
 def test_bad_settings_are_a_clear_startup_error(model_repository, settings, message):
     env = {"TITOK_MODEL_REPOSITORY": str(model_repository), "PATH": "/usr/bin:/bin", **settings}

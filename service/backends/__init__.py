@@ -13,7 +13,8 @@ def create_backend(settings, repository, manifest) -> Backend:
         from .embedded import EmbeddedBackend
 
         return EmbeddedBackend(repository, manifest, settings)
-    raise ConfigurationError(
-        f"backend {settings.backend!r} is not available yet (it lands with the deployment issue); "
-        "use TITOK_BACKEND=embedded"
-    )
+    if settings.backend == "triton":
+        from .triton import TritonBackend
+
+        return TritonBackend(manifest, settings)  # connects lazily: Triton may come up after the gateway
+    raise ConfigurationError(f"unknown backend {settings.backend!r}: use embedded or triton")

@@ -43,13 +43,14 @@ class EmbeddedBackend(Backend):
             raise BackendUnavailable(f"{graph} failed: {e}") from e
         return outputs[0]
 
-    async def encode(self, images: np.ndarray) -> np.ndarray:
+    # request ids are for a server's logs: the gateway's own log lines already carry them
+    async def encode(self, images: np.ndarray, request_id: str = "") -> np.ndarray:
         return await self._run("encoder", images)
 
-    async def decode(self, tokens: np.ndarray) -> np.ndarray:
+    async def decode(self, tokens: np.ndarray, request_id: str = "") -> np.ndarray:
         return await self._run("decoder", tokens)
 
-    async def logits(self, tokens: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
+    async def logits(self, tokens: np.ndarray, class_ids: np.ndarray, request_id: str = "") -> np.ndarray:
         return await self._run("generator", tokens, class_ids.reshape(-1, 1))
 
     async def ready(self) -> bool:
