@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import io
+import json
 import os
 import socket
 import subprocess
@@ -47,26 +48,52 @@ def _bodies(client: httpx.Client) -> dict:
     }
 
 
+class _Connection:
+    """A minimal HTTP/1.1 keep-alive client: the load generator shares the cores with the gateway, and a full
+    client library costs several ms of CPU per request, which would be measured as the gateway's."""
+
+    def __init__(self, url: str):
+        self.host, self.port = url.removeprefix("http://").split(":")
+        self.reader = self.writer = None
+
+    async def post(self, path: str, body: dict) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
+        data = json.dumps(body).encode()
+        head = f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        self.writer.write(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        lines = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+        await self.reader.readexactly(int(headers["content-length"]))  # our JSON answers always carry a length
+        return int(lines[0].split()[1])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 async def _point(url: str, route: str, body, concurrency: int, duration: float, warmup: float) -> dict:
     """Closed loop at one concurrency: latencies of the requests that started after the warm-up."""
     latencies, errors, counter = [], 0, iter(range(10**9))
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
 
-    async def client(http: httpx.AsyncClient):
+    async def client():
         nonlocal errors
-        while (sent := time.perf_counter()) < stop_at:
-            r = await http.post(f"/v1/{route}", json=body(next(counter)))
-            done = time.perf_counter()
-            if sent >= measure_from:
-                if r.status_code == 200:
-                    latencies.append(done - sent)
-                else:
-                    errors += 1
+        connection = _Connection(url)
+        try:
+            while (sent := time.perf_counter()) < stop_at:
+                status = await connection.post(f"/v1/{route}", body(next(counter)))
+                done = time.perf_counter()
+                if sent >= measure_from:
+                    if status == 200:
+                        latencies.append(done - sent)
+                    else:
+                        errors += 1
+        finally:
+            await connection.close()
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
+    await asyncio.gather(*(client() for _ in range(concurrency)))
     ms = np.asarray(latencies) * 1000
     pct = np.percentile(ms, [50, 95, 99]) if len(ms) else [float("nan")] * 3
     return {"n": len(ms), "errors": errors, "p50": pct[0], "p95": pct[1], "p99": pct[2], "rps": len(ms) / duration}
