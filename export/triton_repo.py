@@ -1,11 +1,13 @@
 """A family's graphs as a Triton model repository: ``<family>_<graph>/config.pbtxt`` + ``.../<version>/model.onnx``.
 
 The configs are built as ``ModelConfig`` protobufs (Triton's own schema, bundled with ``tritonclient``) and written
-in text format, so a field that Triton does not know cannot slip in.
+in text format, so a field that Triton does not know cannot slip in. Beside each ``config.pbtxt`` goes its GPU
+variant, ``configs/gpu.pbtxt``: Triton reads it instead when started with ``--model-config-name=gpu`` (its custom
+model configuration), so one repository serves a CPU host and a GPU host alike.
 """
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -15,6 +17,8 @@ from .signatures import GRAPHS, Signature, TensorSpec
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"
+GPU_CONFIG_NAME = "gpu"  # tritonserver --model-config-name=gpu reads <model>/configs/gpu.pbtxt
+GPU_CONFIG_FILE = f"configs/{GPU_CONFIG_NAME}.pbtxt"
 TRITON_DTYPES = {"uint8": mc.TYPE_UINT8, "int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
 
 
@@ -26,6 +30,8 @@ class TritonSettings:
     instances: int = 1
     device: str = "cpu"  # "gpu" adds the TensorRT accelerator (fp16) of the onnxruntime backend
     max_queue_delay_us: int = 2000
+    max_queue_size: int = 64  # requests waiting per model before Triton rejects more (UNAVAILABLE); 0: unbounded
+    queue_timeout_us: int = 30_000_000  # longest wait in the queue, a request may ask for less (the gateway's deadline)
     preferred_batch_sizes: tuple[int, ...] = ()  # empty: powers of two from 4 up to max_batch_size
     version: int = 1
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0: the backend's default (all cores)
@@ -33,8 +39,10 @@ class TritonSettings:
     def __post_init__(self):
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"device must be 'cpu' or 'gpu', not {self.device!r}")
-        if self.max_batch_size < 1 or self.instances < 1 or self.version < 1 or self.intra_op_threads < 0:
-            raise ValueError("max_batch_size, instances and version must be >= 1, intra_op_threads >= 0")
+        if self.max_batch_size < 1 or self.instances < 1 or self.version < 1:
+            raise ValueError("max_batch_size, instances and version must be >= 1")
+        if min(self.intra_op_threads, self.max_queue_size, self.queue_timeout_us) < 0:
+            raise ValueError("intra_op_threads, max_queue_size and queue_timeout_us must be >= 0")
         if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
             raise ValueError(f"preferred batch sizes {self.preferred_batch_sizes} must lie in 1..{self.max_batch_size}")
 
@@ -67,6 +75,15 @@ def model_config(name: str, signature: Signature, settings: TritonSettings) -> m
             preferred_batch_size=settings.preferred(), max_queue_delay_microseconds=settings.max_queue_delay_us
         ),
     )
+    # a bounded queue: a burst is refused at once rather than queued without limit; a request whose deadline passed
+    # while it waited is dropped, not computed (Triton takes a request's own timeout only below the default one)
+    policy = config.dynamic_batching.default_queue_policy
+    if settings.max_queue_size:
+        policy.max_queue_size = settings.max_queue_size
+    if settings.queue_timeout_us:
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = settings.queue_timeout_us
+        policy.allow_timeout_override = True
     kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=settings.instances, kind=kind)
     warmup = config.model_warmup.add(name="batch_1", batch_size=1)
@@ -114,6 +131,9 @@ def write_models(
         model_file = folder / str(settings.version) / MODEL_FILE
         model_file.parent.mkdir(parents=True)
         shutil.copyfile(graphs[graph], model_file)
-        write_config(folder / CONFIG_FILE, model_config(model_name(family, graph), signatures[graph], settings))
+        name = model_name(family, graph)
+        write_config(folder / CONFIG_FILE, model_config(name, signatures[graph], settings))
+        gpu = model_config(name, signatures[graph], replace(settings, device="gpu"))
+        write_config(folder / GPU_CONFIG_FILE, gpu, f"GPU variant (tritonserver --model-config-name={GPU_CONFIG_NAME})")
         written[graph] = model_file
     return written

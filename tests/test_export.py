@@ -28,7 +28,7 @@ from export.manifest import checksum_problems, manifest_path, read_manifest, sha
 from export.onnx_graphs import export_decoder, family_signatures_of, graph_io, graph_problems
 from export.sources import check_pair, class_names
 from export.tensorrt import UNAVAILABLE
-from export.triton_repo import CONFIG_FILE
+from export.triton_repo import CONFIG_FILE, GPU_CONFIG_FILE
 from export.twin import write_twin
 from export.verify import ort_session, report_markdown
 from training.checkpoint import save_checkpoint
@@ -220,9 +220,22 @@ def test_configs_parse_and_agree_with_their_graphs(repo):
         assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
         assert config.version_policy.latest.num_versions == 1
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000
+        policy = config.dynamic_batching.default_queue_policy
+        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (64, 30_000_000)
+        assert policy.allow_timeout_override and policy.timeout_action == mc.ModelQueuePolicy.REJECT
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16, 32, 64]
         assert [(g.count, g.kind) for g in config.instance_group] == [(1, mc.ModelInstanceGroup.KIND_CPU)]
         assert not config.HasField("optimization")
+        # the GPU variant (tritonserver --model-config-name=gpu): the same model on KIND_GPU with TensorRT fp16
+        gpu = text_format.Parse((out / name / GPU_CONFIG_FILE).read_text(), mc.ModelConfig())
+        assert [(g.count, g.kind) for g in gpu.instance_group] == [(1, mc.ModelInstanceGroup.KIND_GPU)]
+        assert [a.name for a in gpu.optimization.execution_accelerators.gpu_execution_accelerator] == ["tensorrt"]
+        for field in ("instance_group", "optimization"):
+            gpu.ClearField(field)
+        cpu = mc.ModelConfig()
+        cpu.CopyFrom(config)
+        cpu.ClearField("instance_group")
+        assert gpu == cpu
         threads = {"intra_op_thread_count": "1"} if name.startswith("pixel_") else {}
         assert {k: v.string_value for k, v in config.parameters.items()} == threads
         io = graph_io(out / name / "1" / "model.onnx")
@@ -249,6 +262,10 @@ def test_gpu_configs_ask_for_tensorrt_fp16(models, tmp_path):
     (accelerator,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
     assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
     assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8]
+    unbounded = model_config("x_encoder", signature, TritonSettings(max_queue_size=0, queue_timeout_us=0))
+    assert not unbounded.dynamic_batching.HasField("default_queue_policy")  # Triton's default: no limit
+    with pytest.raises(ValueError):
+        TritonSettings(max_queue_size=-1)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
