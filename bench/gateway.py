@@ -85,6 +85,30 @@ def http_vs_engine(gateway: _Gateway, repo: str, concurrency: int, duration: flo
     return lines
 
 
+def spinning(repo: str, concurrency: int, duration: float, warmup: float) -> list[str]:
+    """Tokenize and generate throughput with onnxruntime's threads spinning between calls (its default) and not."""
+    png = base64.b64encode(_image_png()).decode()
+    bodies = {"tokenize": lambda i: {"images": [png]}, "generate": lambda i: {"class_labels": i % 10, "seed": i}}
+    rates = {}
+    for spin in (True, False):
+        gateway = _Gateway(repo, ort_spinning=str(spin).lower())
+        try:
+            for route, body in bodies.items():
+                for c in (1, concurrency):
+                    rates[spin, route, c] = asyncio.run(_point(gateway.url, route, body, c, duration, warmup))
+        finally:
+            gateway.close()
+    lines = [
+        "| route | concurrency | req/s, spinning | req/s, sleeping (default) | sleeping / spinning |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for route in bodies:
+        for c in (1, concurrency):
+            on, off = rates[True, route, c]["rps"], rates[False, route, c]["rps"]
+            lines.append(f"| {route} | {c} | {on:.1f} | {off:.1f} | {off / on:.2f}x |")
+    return lines
+
+
 def batching_gain(gateway: _Gateway, levels: list[int], duration: float, warmup: float) -> list[str]:
     body = lambda i: {"class_labels": i % 10, "seed": i}  # noqa: E731
     lines = [
@@ -200,6 +224,8 @@ def report(args) -> str:
         peak = _memory_mib(gateway.proc.pid, "VmHWM")
     finally:
         gateway.close()
+    lines += ["", "### onnxruntime threads: spinning between calls vs sleeping (`TITOK_ORT_SPINNING`)", ""]
+    lines += spinning(args.repo, args.concurrency, args.duration, args.warmup)
     times, rss = cold_start(args.repo, args.cold_starts)
     lines += [
         "",

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 beyond it)")
     inference_threads: int = Field(1, ge=1, description="worker threads running model calls")
     ort_intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per call (0: all cores)")
+    ort_spinning: bool = Field(
+        False, description="onnxruntime threads spin between calls (lower lone latency, CPU taken from HTTP under load)"
+    )
 
     max_body_bytes: int = Field(16 * _MIB, ge=1024, description="request body limit (413 beyond it)")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="pixels per decoded image (413 beyond it)")

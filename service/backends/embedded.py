@@ -21,7 +21,8 @@ class EmbeddedBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.ort_intra_op_threads
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # spinning threads burn the cores the event loop needs under load (docs/benchmarks.md measures both)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0")
         options.log_severity_level = 3  # errors only
         self._sessions = {}
         for graph, entry in manifest["graphs"].items():
