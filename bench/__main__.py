@@ -1,7 +1,7 @@
 """The benchmark suite: every table of docs/benchmarks.md from one command, on this machine, ratios from one run.
 
     python -m bench                       # all sections; writes docs/benchmarks.md
-    python -m bench --skip-large          # without the paper-size TiTok-L-32 section (the slow one)
+    python -m bench --skip-large          # keep the earlier TiTok-L-32 section (the slow one) as it is
 
 Run it on a quiet machine: other work on the same cores distorts the ratios (PyTorch eager suffers most).
 """
@@ -24,12 +24,24 @@ def section(title: str, command: str, body: str, note: str = "") -> str:
     return "\n".join(parts + (["", note] if note else [])) + "\n"
 
 
+def _section_of(path: Path, title: str) -> str | None:
+    """The ``## title`` section of an earlier benchmarks file, up to the next ``## `` heading."""
+    if not path.exists():
+        return None
+    text = path.read_text()
+    start = text.find(f"## {title}")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + 1)
+    return text[start : end + 1 if end >= 0 else None]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default="model_repository")
     p.add_argument("--out", default="docs/benchmarks.md")
     p.add_argument("--threads", type=int, default=os.cpu_count())
-    p.add_argument("--skip-large", action="store_true", help="skip TiTok-L-32 (minutes of export and inference)")
+    p.add_argument("--skip-large", action="store_true", help="keep the earlier TiTok-L-32 section, do not rerun it")
     args = p.parse_args(argv)
     started = time.time()
     sections = []
@@ -46,11 +58,16 @@ def main(argv=None) -> int:
     body = load.report(load.parser().parse_args(cmd.split()[2:]))
     sections.append(section("The gateway under closed-loop load, per route and concurrency", cmd, body))
 
-    if not args.skip_large:
+    large_title = "The paper's TiTok-L-32 (random weights), 256x256"
+    if args.skip_large:
+        earlier = _section_of(Path(args.out), large_title)
+        if earlier:  # keep the slow section's last measurement rather than drop it
+            sections.append(earlier.rstrip("\n") + "\n\n(Carried over from an earlier run of `python -m bench`.)\n")
+    else:
         cmd = "python -m bench.graphs --preset titok-l-32 --batch-sizes 1,8 --pipelines --no-graphs"
         cmd += " --repeats 1 --warmup 1"  # runs of many seconds each: one timed run after one warm-up
         body = graphs.run(graphs.parser().parse_args(cmd.split()[3:] + ["--threads", str(args.threads)]))
-        sections.append(section("The paper's TiTok-L-32 (random weights), 256x256", cmd, body))
+        sections.append(section(large_title, cmd, body))
 
     minutes = (time.time() - started) / 60
     head = [
