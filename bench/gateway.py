@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from bench.load import _Gateway, _point
+from bench.machine import median_seconds
 from service.images import encode_image, load_image
 from service.metrics import Metrics
 from service.registry import Registry
@@ -147,13 +148,7 @@ def cold_start(repo: str, runs: int) -> tuple[list[float], float]:
 
 
 def _median_ms(fn, repeats: int = 50) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * median_seconds(fn, warmup=1, repeats=repeats)
 
 
 def stages(repo: str) -> list[tuple[str, str, float]]:

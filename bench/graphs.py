@@ -12,9 +12,7 @@ Each timing is the median of several runs after warm-up.
 """
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.machine import facts, matmul_peak_gflops
+from bench.machine import facts, matmul_peak_gflops, median_seconds
 from export.onnx_graphs import DecoderGraph, EncoderGraph, GeneratorGraph, export_decoder, export_graph
 from export.signatures import family_signatures
 from export.sources import check_pair, load_source
@@ -30,17 +28,6 @@ from service.sampler import SamplingSettings, generate
 from training.models import build_model
 
 GRAPHS = ("encoder", "decoder", "generator")
-
-
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def load_family(args) -> tuple[torch.nn.Module, torch.nn.Module, str]:

@@ -2,6 +2,7 @@
 
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -62,3 +63,15 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> floa
     finally:
         torch.set_num_threads(previous)
     return 2 * size**3 / best / 1e9
+
+
+def median_seconds(fn, warmup: int, repeats: int) -> float:
+    """The median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -4,11 +4,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from tests.processes import wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "model_repository"
@@ -57,16 +57,10 @@ class Gateway:
         self._log_file = open(log, "wb")
         cmd = [sys.executable, "-m", "service"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        if wait_until_ready(self.proc, f"{self.url}/readyz", timeout=60):
+            return
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {self.proc.returncode}:\n{log.read_text()}")
         self.stop()
         raise RuntimeError(f"the gateway did not get ready:\n{log.read_text()}")
 

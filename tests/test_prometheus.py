@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
+from tests.processes import wait_until_ready
 from tests.test_deploy import PROMETHEUS as CONFIG_DIR
 from tests.test_deploy import dashboards, panels, rule_groups
 
@@ -60,15 +61,9 @@ class Prometheus:
         ]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        if wait_until_ready(self.proc, f"{self.url}/-/ready", timeout=30, interval=0.2):
+            return
+        assert self.proc.poll() is None, self.log.read_text()
         self.stop()
         raise RuntimeError(f"prometheus did not get ready:\n{self.log.read_text()}")
 

@@ -10,13 +10,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import ROOT, SHIPPED, free_port
+from tests.processes import wait_until_ready
 
 VENV = ROOT / ".venv-triton"
 # where the environment's packages are, its Python's LIBDIR and version (the stub must match the version)
@@ -120,17 +118,11 @@ class TritonServer:
             self.proc = subprocess.Popen(
                 cmd, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._reap()
-                raise RuntimeError(f"tritonserver exited with {self.proc.returncode}:\n{self._tail()}")
-            try:
-                if httpx.get(f"{self.http_url}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        if wait_until_ready(self.proc, f"{self.http_url}/v2/health/ready", timeout, interval=0.2):
+            return
+        if self.proc.poll() is not None:
+            self._reap()
+            raise RuntimeError(f"tritonserver exited with {self.proc.returncode}:\n{self._tail()}")
         self._reap()
         raise RuntimeError(f"tritonserver did not get ready within {timeout} s:\n{self._tail()}")
 
