@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import wait_until_ready
+from tests.processes import stop_process, wait_until_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "model_repository"
@@ -65,12 +65,7 @@ class Gateway:
         raise RuntimeError(f"the gateway did not get ready:\n{log.read_text()}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self._log_file.close()
 
 

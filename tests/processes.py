@@ -17,3 +17,13 @@ def wait_until_ready(proc: subprocess.Popen, url: str, timeout: float, interval:
             pass
         time.sleep(interval)
     return False
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

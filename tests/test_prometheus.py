@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.conftest import free_port
-from tests.processes import wait_until_ready
+from tests.processes import stop_process, wait_until_ready
 from tests.test_deploy import PROMETHEUS as CONFIG_DIR
 from tests.test_deploy import dashboards, panels, rule_groups
 
@@ -80,12 +80,7 @@ class Prometheus:
         return [float(sample["value"][1]) for sample in data["result"]]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 def drive(url: str, seconds: float, workers: int = 3) -> Counter:
