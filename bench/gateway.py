@@ -14,16 +14,14 @@ Tables:
 import argparse
 import asyncio
 import base64
-import io
 import json
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from bench.load import _Gateway, _point
+from bench.load import _Gateway, _point, png_bytes
 from bench.machine import median_seconds
 from service.images import encode_image, load_image
 from service.metrics import Metrics
@@ -32,19 +30,12 @@ from service.sampler import Generation, advance, build_batch
 from service.settings import Settings
 
 
-def _image_png() -> bytes:
-    rng = np.random.default_rng(0)
-    out = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(out, "PNG")
-    return out.getvalue()
-
-
 async def _engine_point(repo: str, route: str, concurrency: int, duration: float, warmup: float) -> dict:
     """The HTTP closed loop's twin, calling the engine (ServedModel) directly with the gateway's default settings."""
     registry = Registry.load(Settings(model_repository=repo), Metrics())
     await registry.start()
     model = registry.get(None)
-    image = load_image(_image_png(), model.info.image_size, 1 << 24, "image")[None]
+    image = load_image(png_bytes(), model.info.image_size, 1 << 24, "image")[None]
     sampling, counter = model.sampling(), iter(range(10**9))
     latencies = []
     start = time.perf_counter()
@@ -69,7 +60,7 @@ async def _engine_point(repo: str, route: str, concurrency: int, duration: float
 
 
 def http_vs_engine(gateway: _Gateway, repo: str, concurrency: int, duration: float, warmup: float) -> list[str]:
-    png = base64.b64encode(_image_png()).decode()
+    png = base64.b64encode(png_bytes()).decode()
     bodies = {"tokenize": lambda i: {"images": [png]}, "generate": lambda i: {"class_labels": i % 10, "seed": i}}
     lines = [
         "| route | concurrency | HTTP req/s | HTTP p50 ms | engine req/s | engine p50 ms | HTTP / engine |",
@@ -88,7 +79,7 @@ def http_vs_engine(gateway: _Gateway, repo: str, concurrency: int, duration: flo
 
 def spinning(repo: str, concurrency: int, duration: float, warmup: float) -> list[str]:
     """Tokenize and generate throughput with onnxruntime's threads spinning between calls (its default) and not."""
-    png = base64.b64encode(_image_png()).decode()
+    png = base64.b64encode(png_bytes()).decode()
     bodies = {"tokenize": lambda i: {"images": [png]}, "generate": lambda i: {"class_labels": i % 10, "seed": i}}
     rates = {}
     for spin in (True, False):
@@ -156,7 +147,7 @@ def stages(repo: str) -> list[tuple[str, str, float]]:
     registry = Registry.load(Settings(model_repository=repo), Metrics())
     model = registry.get(None)
     backend, info = model.backend, model.info
-    png = _image_png()
+    png = png_bytes()
     body = json.dumps({"images": [base64.b64encode(png).decode()]})
     image = load_image(png, info.image_size, 1 << 24, "image")
     run = asyncio.new_event_loop().run_until_complete

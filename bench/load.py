@@ -30,16 +30,17 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _png() -> str:
+def png_bytes() -> bytes:
+    """The benchmarks' request image: a fixed random 32x32 RGB PNG."""
     rng = np.random.default_rng(0)
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(out, "PNG")
-    return base64.b64encode(out.getvalue()).decode()
+    return out.getvalue()
 
 
 def _bodies(client: httpx.Client) -> dict:
     """A request body per route (the detokenize one from a real tokenize answer)."""
-    image = _png()
+    image = base64.b64encode(png_bytes()).decode()
     tokens = client.post("/v1/tokenize", json={"images": [image]}).raise_for_status().json()["tokens"]
     return {
         "tokenize": lambda i: {"images": [image]},
