@@ -44,8 +44,8 @@ def decode_base64(text: str, param: str) -> bytes:
         raise InvalidImage(f"not valid base64: {e}", param) from None
 
 
-def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
-    """A fully loaded PIL image; its pixel count is checked from the header before any pixel is decoded."""
+def open_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
+    """A PIL image whose header alone is read: its format is sniffed and its pixel count checked, no pixel decoded."""
     fmt = sniff(data)
     if fmt is None:
         if data.startswith(_REFUSED):
@@ -56,18 +56,29 @@ def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit applies
             img = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
             width, height = img.size
-            if width * height > max_pixels:
-                raise PayloadTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels}", param)
-            img.load()
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"image is over the limit of {max_pixels} pixels", param) from None
-    except PayloadTooLarge:
-        raise
-    except Exception as e:  # any decoder failure (truncated, corrupt, bad chunk) is the input's fault
+    except Exception as e:  # an unreadable header is the input's fault
         raise InvalidImage(f"cannot decode the {fmt} image: {e}", param) from None
+    if width * height > max_pixels:
+        raise PayloadTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels}", param)
     if width * height == 0:
         raise InvalidImage("image has no pixels", param)
     return img
+
+
+def load_pixels(img: Image.Image, param: str) -> Image.Image:
+    """Decode the pixels of an image from ``open_image``."""
+    try:
+        img.load()
+    except Exception as e:  # any decoder failure (truncated, corrupt, bad chunk) is the input's fault
+        raise InvalidImage(f"cannot decode the {img.format} image: {e}", param) from None
+    return img
+
+
+def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
+    """A fully loaded PIL image; its pixel count is checked from the header before any pixel is decoded."""
+    return load_pixels(open_image(data, max_pixels, param), param)
 
 
 def _on_black(img: Image.Image) -> Image.Image:
