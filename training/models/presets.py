@@ -47,7 +47,7 @@ PAPER = {
 
 # A 3-level VQGAN: 32x32 -> 8x8 codes, the same grid as a patch-4 ViT, so it can teach TiTok.
 _FMNIST_VQGAN = VQGANConfig(
-    image_size=32, hidden=64, channel_mult=(1, 2, 2), num_res_blocks=1, z_channels=64, codebook_size=512
+    image_size=32, hidden=32, channel_mult=(1, 2, 2), num_res_blocks=1, z_channels=32, codebook_size=512
 )
 _FMNIST_VIT = dict(image_size=32, patch_size=4, width=128, depth=4, heads=4, codebook_size=1024, token_size=12)
 
