@@ -165,34 +165,40 @@ def advance(gens: Sequence[Generation], logits: np.ndarray, rows: Rows) -> None:
         expected = (gen.tokens.shape[0], gen.mask_id)
         if logits.ndim != 3 or logits.shape[1:] != expected:
             raise ValueError(f"logits must have shape (R, {expected[0]}, {expected[1]}), not {logits.shape}")
-        guided = cond = logits[cond_row].astype(np.float64)
+        # only the masked positions are sampled: guidance, noise and argmax run on their rows alone (elementwise,
+        # so the result is the same as over all rows); tokens fixed earlier keep their id
+        hidden = np.flatnonzero(gen.tokens == gen.mask_id)
+        guided = cond = logits[cond_row, hidden].astype(np.float64)
         if uncond_row is not None:
-            uncond = logits[uncond_row].astype(np.float64)
+            uncond = logits[uncond_row, hidden].astype(np.float64)
             scale = gen.guidance_scale
             if gen.settings.guidance_schedule == "power-cosine":
                 guided = uncond + scale * (cond - uncond)
             else:
                 guided = cond + scale * (cond - uncond)
-        _step(gen, guided)
+        _step(gen, hidden, guided)
 
 
-def _step(gen: Generation, logits: np.ndarray) -> None:
-    """One MaskGIT step of ``gen`` from its guided logits (N, K) float64."""
+def _step(gen: Generation, hidden: np.ndarray, logits: np.ndarray) -> None:
+    """One MaskGIT step of ``gen`` from the guided logits (len(hidden), K) float64 of its masked positions."""
     step, total = gen.step, gen.settings.num_steps
     ratio = (step + 1) / total
     temperature = gen.settings.temperature * (1 - ratio)
     if gen.settings.softmax_annealing:
         logits = logits / (0.5 + 0.8 * (1 - ratio))
-    # both draws happen at every step, in this order, so an item's random stream depends on nothing else
-    sample_noise = _gumbel(gen.rng.random(logits.shape))
-    confidence_noise = _gumbel(gen.rng.random(logits.shape[0]))
+    # both draws happen in full at every step, in this order, so an item's random stream depends on nothing else
+    n, k = gen.tokens.shape[0], gen.mask_id
+    uniforms = gen.rng.random((n, k))
+    confidence_noise = _gumbel(gen.rng.random(n))
 
     is_mask = gen.tokens == gen.mask_id
-    sampled = np.argmax(logits + temperature * sample_noise, axis=-1)
-    picked = np.take_along_axis(logits, sampled[:, None], axis=-1)[:, 0]  # the sampled tokens' logits
-    sampled = np.where(is_mask, sampled, gen.tokens).astype(np.int64)
-    # tokens fixed earlier get +inf so they are never re-masked
-    confidence = np.where(is_mask, picked, np.inf) + temperature * confidence_noise
+    chosen = np.argmax(logits + temperature * _gumbel(uniforms[hidden]), axis=-1)
+    sampled = gen.tokens.copy()
+    sampled[hidden] = chosen
+    # the sampled tokens' logits; tokens fixed earlier get +inf so they are never re-masked
+    confidence = np.full(n, np.inf)
+    confidence[hidden] = logits[np.arange(len(hidden)), chosen]
+    confidence += temperature * confidence_noise
 
     if step == total - 1:
         gen.tokens = sampled  # the last step keeps every token
