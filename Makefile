@@ -79,8 +79,8 @@ ship: setup-dev data
 	rm -rf $(FAMILY) && mkdir -p $(FAMILY)
 	cp -r runs/titok-fmnist-32/checkpoint $(FAMILY)/tokenizer && cp -r runs/generator-fmnist/checkpoint $(FAMILY)/generator
 	$(PY) -m training.sweep_sampling --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
-		--classifier checkpoints/fmnist-classifier --steps 8 --guidance 0,1,2,3 --temperature 1,2,4.5 \
-		--num-per-class 30 --out docs/sampling-sweep.json --write-defaults
+		--classifier checkpoints/fmnist-classifier --steps 4,8 --guidance 2,3,4 --temperature 2,3 \
+		--num-per-class 100 --out docs/sampling-confirm.json --write-defaults
 	$(PY) -m training.evaluate --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
 		--classifier checkpoints/fmnist-classifier --num-per-class 100 --out docs/results.json --grid-dir docs
 	$(PY) -m export build --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator --family titok-fmnist \

@@ -5,7 +5,7 @@ import json
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.classifier import FMNISTClassifier, save_classifier
 from training.models import GeneratorConfig, TiTokConfig, build_model
-from training.sweep_sampling import main
+from training.sweep_sampling import choose, main
 
 
 def test_sweep_writes_best_defaults(tmp_path):
@@ -58,6 +58,17 @@ def test_sweep_writes_best_defaults(tmp_path):
         ]
     )
     assert len(rows) == 2 and json.loads((tmp_path / "rows.json").read_text()) == rows
-    best = min(rows, key=lambda r: r["gfid"])
+    best = choose(rows, 0.02)  # the default tolerance
     cfg = load_checkpoint(tmp_path / "gen").config
     assert (cfg.num_steps, cfg.guidance_scale, cfg.temperature) == (2, best["guidance_scale"], 1.0)
+
+
+def test_best_cell_keeps_class_accuracy_within_the_tolerance():
+    rows = [
+        {"gfid": 13.9, "class_accuracy": 0.85},  # diverse but off-class: lowest gFID
+        {"gfid": 14.2, "class_accuracy": 0.93},
+        {"gfid": 14.5, "class_accuracy": 0.92},
+    ]
+    assert choose(rows, None) == rows[0]
+    assert choose(rows, 0.02) == rows[1]
+    assert choose(rows, 0.10) == rows[0]
