@@ -191,7 +191,6 @@ def _step(gen: Generation, hidden: np.ndarray, logits: np.ndarray) -> None:
     uniforms = gen.rng.random((n, k))
     confidence_noise = _gumbel(gen.rng.random(n))
 
-    is_mask = gen.tokens == gen.mask_id
     chosen = np.argmax(logits + temperature * _gumbel(uniforms[hidden]), axis=-1)
     sampled = gen.tokens.copy()
     sampled[hidden] = chosen
@@ -205,7 +204,7 @@ def _step(gen: Generation, hidden: np.ndarray, logits: np.ndarray) -> None:
     else:
         n = sampled.shape[0]
         mask_len = math.floor(n * (math.acos(ratio) / (math.pi * 0.5)))
-        mask_len = max(1, min(int(is_mask.sum()) - 1, mask_len))
+        mask_len = max(1, min(len(hidden) - 1, mask_len))
         # like the reference, re-mask every position at or below the mask_len-th smallest confidence
         cutoff = np.sort(confidence)[mask_len - 1]
         gen.tokens = np.where(confidence <= cutoff, gen.mask_id, sampled).astype(np.int64)

@@ -12,6 +12,7 @@ token budget, 1D vs 2D at equal token counts, and single- vs two-stage at equal 
 import argparse
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def load(path: str | Path) -> Tokenizer:
     )
 
 
-def _table(rows: list[Tokenizer], keys: list[tuple[str, callable]]) -> str:
+def _table(rows: list[Tokenizer], keys: list[tuple[str, Callable[[Tokenizer], object]]]) -> str:
     header = [k for k, _ in keys] + [m[0] for m in _METRICS] + ["codes used"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * (len(_METRICS) + 1)]
     for t in rows:
