@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from titok_core.manifest import Manifest
+
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Backend
 
@@ -16,7 +18,7 @@ class EmbeddedBackend(Backend):
 
     name = "embedded"
 
-    def __init__(self, repository: Path, manifest: dict, settings):
+    def __init__(self, repository: Path, manifest: Manifest, settings):
         self._executor = ThreadPoolExecutor(settings.inference_threads, thread_name_prefix="ort")
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.ort_intra_op_threads
@@ -25,13 +27,13 @@ class EmbeddedBackend(Backend):
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0")
         options.log_severity_level = 3  # errors only
         self._sessions = {}
-        for graph, entry in manifest["graphs"].items():
-            path = Path(repository) / entry["path"]
+        for graph, entry in manifest.graphs.items():
+            path = Path(repository) / entry.path
             try:
                 self._sessions[graph] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
             except Exception as e:
                 raise ConfigurationError(f"cannot load {path}: {e}") from e
-        self._names = {g: [t["name"] for t in e["inputs"]] for g, e in manifest["graphs"].items()}
+        self._names = {g: [t.name for t in e.signature.inputs] for g, e in manifest.graphs.items()}
         self._closed = False
 
     async def _run(self, graph: str, *inputs: np.ndarray) -> np.ndarray:
