@@ -6,6 +6,7 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY titok_core ./titok_core
 COPY service ./service
 COPY titok_client ./titok_client
 # only the gateway's dependencies and the cpu extra (onnxruntime): torch lives in the train extra, never here
