@@ -2,18 +2,18 @@
 
 import asyncio
 import logging
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from titok_core.manifest import Manifest
-from titok_core.sampler import SCHEDULES, Generation, SamplingSettings
+from titok_core.sampler import Generation, SamplingSettings
 
 from .backends import Backend
 from .batcher import MicroBatcher
 from .errors import InvalidRequest, ServiceError
 from .metrics import Metrics
+from .scheduler import GenerationScheduler
 from .settings import Settings
 
 log = logging.getLogger("titok.engine")
@@ -31,7 +31,7 @@ class ModelInfo:
     num_classes: int
     class_names: tuple[str, ...]
     max_batch_size: int
-    sampling: dict
+    sampling: SamplingSettings  # the family's defaults
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ModelInfo":
@@ -44,7 +44,7 @@ class ModelInfo:
             num_classes=manifest.num_classes,
             class_names=manifest.class_names,
             max_batch_size=manifest.max_batch_size,
-            sampling=asdict(manifest.sampling),
+            sampling=manifest.sampling,
         )
 
 
@@ -52,8 +52,6 @@ class ServedModel:
     """A family behind its micro-batchers (encoder, decoder) and its step-level generation scheduler."""
 
     def __init__(self, info: ModelInfo, backend: Backend, settings: Settings, metrics: Metrics):
-        from .scheduler import GenerationScheduler
-
         self.info, self.backend = info, backend
         batch = min(settings.max_batch_size, info.max_batch_size)
         common = dict(max_batch_size=batch, max_queue=settings.max_queue, metrics=metrics, backend=backend.name)
@@ -139,15 +137,10 @@ class ServedModel:
         return int(label)
 
     def sampling(self, **overrides) -> SamplingSettings:
-        """The manifest's sampling defaults with the request's non-None overrides."""
-        values = {**self.info.sampling, **{k: v for k, v in overrides.items() if v is not None}}
-        if values["guidance_schedule"] not in SCHEDULES:
-            raise InvalidRequest(f"guidance_schedule must be one of {', '.join(SCHEDULES)}", "guidance_schedule")
-        for name in ("guidance_scale", "temperature"):
-            if not math.isfinite(values[name]):
-                raise InvalidRequest(f"{name} must be finite", name)
+        """The manifest's sampling defaults with the request's non-None overrides; ``SamplingSettings`` is the one
+        owner of what a valid setting is (the request schema refuses most bad values before, as a 422)."""
         try:
-            return SamplingSettings(**values)
+            return replace(self.info.sampling, **{k: v for k, v in overrides.items() if v is not None})
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
 
