@@ -1,6 +1,6 @@
 """The engine in-process, on a fake backend whose calls wait on asyncio gates: the micro-batcher (coalescing,
 max_wait, chunking, 429, cancellation, error fan-out), the generation scheduler (late joiners, chunking, errors),
-and ``create_app`` over ASGI (429, 504, 500 and 503 in the one error shape, a client that leaves).
+and ``create_app`` over ASGI (429, 504, 500 and 503 in the one error shape, a client that leaves, auth, CORS).
 
 No test here measures time: an order of events is forced with gates, and a deadline is only ever a bound.
 """
@@ -402,6 +402,24 @@ def assert_error(r: httpx.Response, status: int, type_: str) -> dict:
     body = r.json()
     assert set(body) == {"error"} and body["error"]["type"] == type_ and "Traceback" not in r.text, body
     return body["error"]
+
+
+async def test_api_keys_and_cors_when_configured(model_repository):
+    settings = dict(api_keys="key-one,key-two", cors_origins="http://example.com")
+    async with app_on_fake(model_repository, **settings) as (app, client, backend):
+        assert_error(await client.get("/v1/models"), 401, "unauthorized")
+        r = await client.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+        assert_error(r, 401, "unauthorized")
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert (await client.get("/v1/models", headers={"Authorization": "Bearer key-one"})).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200  # probes need no key
+        key = {"Authorization": "Bearer key-two"}
+        r = await client.get("/v1/models", headers={**key, "Origin": "http://example.com"})
+        assert r.headers["access-control-allow-origin"] == "http://example.com"
+        r = await client.get("/v1/models", headers={**key, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+        r = await client.get("/readyz", headers={"Origin": "http://example.com"})
+        assert r.headers["access-control-allow-origin"] == "http://example.com"
 
 
 async def test_generate_in_process_counts_what_it_made(model_repository):
