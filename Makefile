@@ -62,6 +62,7 @@ serve: setup-serve
 lint: setup-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy  # titok_core/ and service/ (pyproject.toml [tool.mypy])
 
 test: setup-dev setup-triton tools data lint
 	$(PY) -m pytest

@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 
 from .backends import BackendFactory, create_backend
 from .errors import install_error_handlers
@@ -75,7 +76,7 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    routes = {route.path for route in router.routes} | page_paths
+    routes = {route.path for route in router.routes if isinstance(route, APIRoute)} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
     app.add_middleware(
         RequestContext,

@@ -10,7 +10,7 @@ from titok_core.manifest import Manifest
 from titok_core.sampler import Generation, SamplingSettings
 
 from .backends import Backend
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, RunFn
 from .errors import InvalidRequest, ServiceError
 from .metrics import Metrics
 from .scheduler import GenerationScheduler
@@ -54,13 +54,27 @@ class ServedModel:
     def __init__(self, info: ModelInfo, backend: Backend, settings: Settings, metrics: Metrics):
         self.info, self.backend = info, backend
         batch = min(settings.max_batch_size, info.max_batch_size)
-        common = dict(max_batch_size=batch, max_queue=settings.max_queue, metrics=metrics, backend=backend.name)
-        wait = settings.max_wait_ms / 1000
-        self.encoder = MicroBatcher(info.family, "encoder", backend.encode, max_wait_s=wait, **common)
-        self.decoder = MicroBatcher(info.family, "decoder", backend.decode, max_wait_s=wait, **common)
-        self.scheduler = GenerationScheduler(info.family, backend.logits, **common)
+        queue, wait = settings.max_queue, settings.max_wait_ms / 1000
+
+        def batcher(graph: str, run: RunFn) -> MicroBatcher:
+            return MicroBatcher(
+                info.family,
+                graph,
+                run,
+                max_batch_size=batch,
+                max_wait_s=wait,
+                max_queue=queue,
+                metrics=metrics,
+                backend=backend.name,
+            )
+
+        self.encoder, self.decoder = batcher("encoder", backend.encode), batcher("decoder", backend.decode)
+        self.scheduler = GenerationScheduler(
+            info.family, backend.logits, max_batch_size=batch, max_queue=queue, metrics=metrics, backend=backend.name
+        )
         self._lower_names = {name.lower(): i for i, name in enumerate(info.class_names)}
-        self.warm, self._warming = False, None
+        self.warm = False
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the workers and warm every graph up. A remote backend is warmed up in the background, retried until

@@ -113,7 +113,7 @@ def _response(request: Request, status: int, type_: str, message: str, param=Non
     return JSONResponse(error_body(type_, message, param), status_code=status, headers=headers)
 
 
-def _loc(loc) -> str:
+def _loc(loc) -> str | None:
     # ("body", "tokens", 0) -> "tokens[0]"; the location kind itself is not a field name
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
     text = ""
