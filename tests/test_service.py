@@ -427,6 +427,7 @@ def test_bad_settings_are_a_clear_startup_error(model_repository, settings, mess
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_schemathesis_fuzz_finds_no_server_error(gateway, tmp_path):
     exe = Path(sys.executable).parent / "schemathesis"  # the dev extra installs it beside this interpreter
     assert exe.is_file(), f"schemathesis is missing from {exe.parent}: install the dev extra (make setup-dev)"

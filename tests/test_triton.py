@@ -30,6 +30,8 @@ from tests.conftest import FAMILY, Gateway
 from tests.triton_server import TritonServer, write_twin_repository
 from titok_core.manifest import read_manifest
 
+pytestmark = pytest.mark.slow  # a real tritonserver, killed and restarted
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 HANG_S = 30  # a bound, not a timing: no answer below should take more than a few seconds
 
