@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: serve test lint setup-serve setup-dev setup-triton tools data clean ship
+.PHONY: serve test test-fast lint setup-serve setup-dev setup-triton tools data clean ship
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,9 +62,14 @@ serve: setup-serve
 lint: setup-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy  # titok_core/ and service/ (pyproject.toml [tool.mypy])
 
 test: setup-dev setup-triton tools data lint
 	$(PY) -m pytest
+
+# the fast lane: every test not marked slow (no tritonserver, Chromium, Prometheus or schema fuzz; README: Development)
+test-fast: setup-dev data lint
+	$(PY) -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,17 +1,21 @@
 """The app factory: settings -> registry -> FastAPI app with middleware, error handlers and routes."""
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
+from fastapi.routing import APIRoute
 
+from .backends import BackendFactory, create_backend
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContext
 from .registry import Registry
-from .routes import build_router
+from .routes import router
+from .serving import Serving
 from .settings import Settings
 
 DESCRIPTION = """Tokenize images into TiTok's 1D tokens, decode tokens back into images, and generate
@@ -39,24 +43,28 @@ def page_router() -> tuple[APIRouter, set[str]]:
     return router, {"/", *(f"/static/{name}" for name in files)}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A gateway serving every family in ``settings.model_repository`` (raises ConfigurationError when none)."""
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The registry's workers run (and its models are warm) while the app serves."""
+    registry: Registry = app.state.registry
+    await registry.start()
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+def create_app(settings: Settings | None = None, backend_factory: BackendFactory = create_backend) -> FastAPI:
+    """A gateway serving every family in ``settings.model_repository`` (raises ConfigurationError when none);
+    ``backend_factory`` makes each family's backend (tests hand in one of their own)."""
     settings = settings or Settings()
     metrics = Metrics()
-    registry = Registry.load(settings, metrics)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await registry.start()
-        try:
-            yield
-        finally:
-            await registry.close()
-
+    registry = Registry.load(settings, metrics, backend_factory)
     app = FastAPI(title="titok-serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    # what the routes and the lifespan read (service/dependencies.py), and nothing else
     app.state.settings, app.state.registry, app.state.metrics = settings, registry, metrics
+    app.state.serving = Serving(settings, registry, metrics)
     install_error_handlers(app)
-    router = build_router(settings, registry, metrics)
     app.include_router(router)
     pages, page_paths = page_router()
     app.include_router(pages)
@@ -68,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    routes = {route.path for route in router.routes} | page_paths
+    routes = {route.path for route in router.routes if isinstance(route, APIRoute)} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
     app.add_middleware(
         RequestContext,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BackendUnavailable, Overloaded, ServiceError
+from .errors import InternalError, Overloaded, ServiceError
 from .metrics import Metrics
 
 log = logging.getLogger("titok.batcher")
@@ -94,10 +94,18 @@ class MicroBatcher:
         try:
             parts = [await job.future for job in jobs]
         except BaseException:
-            for job in jobs:  # the caller left (or failed): its waiting rows must not run
-                job.future.cancel()
+            self._withdraw(jobs)  # the caller left (or failed): its waiting rows must not run
             raise
         return np.concatenate(parts)
+
+    def _withdraw(self, jobs: list[_Job]) -> None:
+        """Cancel ``jobs``; those still queued leave the queue (and its count) at once."""
+        for job in jobs:
+            job.future.cancel()
+            if job in self._queue:
+                self._queue.remove(job)
+                self._queued_rows -= job.rows
+        self._depth.set(self._queued_rows)
 
     async def _loop(self) -> None:
         while True:
@@ -135,24 +143,39 @@ class MicroBatcher:
         return batch
 
     async def _run_batch(self, batch: list[_Job]) -> None:
+        """Run one batch; every failure reaches every caller of the batch: the backend's own (503, 429, 504) as
+        they are, anything else (a bug) as a 500 with its traceback in the log."""
         now = time.monotonic()
         for job in batch:
             self._wait.observe(now - job.enqueued)
-        inputs = [np.concatenate(parts) for parts in zip(*(job.inputs for job in batch), strict=True)]
-        self._batch.observe(len(inputs[0]))
-        start = time.perf_counter()
         try:
-            output = await self._run(*inputs, request_id=request_ids(job.request_id for job in batch))
-        except Exception as e:
-            error = e if isinstance(e, ServiceError) else BackendUnavailable(f"{self.graph} failed: {e}")
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(error)
-            return
-        finally:
-            self._infer.observe(time.perf_counter() - start)
+            output = await self._infer_batch(batch)
+        except ServiceError as e:
+            return self._fail(batch, e)
+        except Exception:
+            log.exception("batch of %s/%s failed", self.model, self.graph)
+            return self._fail(batch, InternalError())
         offset = 0
         for job in batch:
             if not job.future.done():
                 job.future.set_result(output[offset : offset + job.rows])
             offset += job.rows
+
+    async def _infer_batch(self, batch: list[_Job]) -> np.ndarray:
+        inputs = [np.concatenate(parts) for parts in zip(*(job.inputs for job in batch), strict=True)]
+        rows = len(inputs[0])
+        self._batch.observe(rows)
+        start = time.perf_counter()
+        try:
+            output = await self._run(*inputs, request_id=request_ids(job.request_id for job in batch))
+        finally:
+            self._infer.observe(time.perf_counter() - start)
+        if len(output) != rows:
+            raise RuntimeError(f"{self.graph} answered {len(output)} rows for {rows}")
+        return output
+
+    @staticmethod
+    def _fail(batch: list[_Job], error: ServiceError) -> None:
+        for job in batch:
+            if not job.future.done():
+                job.future.set_exception(error)

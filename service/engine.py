@@ -2,18 +2,18 @@
 
 import asyncio
 import logging
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from titok_core.manifest import Manifest
-from titok_core.sampler import SCHEDULES, Generation, SamplingSettings
+from titok_core.sampler import Generation, SamplingSettings
 
 from .backends import Backend
-from .batcher import MicroBatcher
+from .batcher import MicroBatcher, RunFn
 from .errors import InvalidRequest, ServiceError
 from .metrics import Metrics
+from .scheduler import GenerationScheduler
 from .settings import Settings
 
 log = logging.getLogger("titok.engine")
@@ -31,7 +31,7 @@ class ModelInfo:
     num_classes: int
     class_names: tuple[str, ...]
     max_batch_size: int
-    sampling: dict
+    sampling: SamplingSettings  # the family's defaults
 
     @classmethod
     def from_manifest(cls, manifest: Manifest) -> "ModelInfo":
@@ -44,7 +44,7 @@ class ModelInfo:
             num_classes=manifest.num_classes,
             class_names=manifest.class_names,
             max_batch_size=manifest.max_batch_size,
-            sampling=asdict(manifest.sampling),
+            sampling=manifest.sampling,
         )
 
 
@@ -52,17 +52,29 @@ class ServedModel:
     """A family behind its micro-batchers (encoder, decoder) and its step-level generation scheduler."""
 
     def __init__(self, info: ModelInfo, backend: Backend, settings: Settings, metrics: Metrics):
-        from .scheduler import GenerationScheduler
-
         self.info, self.backend = info, backend
         batch = min(settings.max_batch_size, info.max_batch_size)
-        common = dict(max_batch_size=batch, max_queue=settings.max_queue, metrics=metrics, backend=backend.name)
-        wait = settings.max_wait_ms / 1000
-        self.encoder = MicroBatcher(info.family, "encoder", backend.encode, max_wait_s=wait, **common)
-        self.decoder = MicroBatcher(info.family, "decoder", backend.decode, max_wait_s=wait, **common)
-        self.scheduler = GenerationScheduler(info.family, backend.logits, **common)
+        queue, wait = settings.max_queue, settings.max_wait_ms / 1000
+
+        def batcher(graph: str, run: RunFn) -> MicroBatcher:
+            return MicroBatcher(
+                info.family,
+                graph,
+                run,
+                max_batch_size=batch,
+                max_wait_s=wait,
+                max_queue=queue,
+                metrics=metrics,
+                backend=backend.name,
+            )
+
+        self.encoder, self.decoder = batcher("encoder", backend.encode), batcher("decoder", backend.decode)
+        self.scheduler = GenerationScheduler(
+            info.family, backend.logits, max_batch_size=batch, max_queue=queue, metrics=metrics, backend=backend.name
+        )
         self._lower_names = {name.lower(): i for i, name in enumerate(info.class_names)}
-        self.warm, self._warming = False, None
+        self.warm = False
+        self._warming: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the workers and warm every graph up. A remote backend is warmed up in the background, retried until
@@ -139,15 +151,10 @@ class ServedModel:
         return int(label)
 
     def sampling(self, **overrides) -> SamplingSettings:
-        """The manifest's sampling defaults with the request's non-None overrides."""
-        values = {**self.info.sampling, **{k: v for k, v in overrides.items() if v is not None}}
-        if values["guidance_schedule"] not in SCHEDULES:
-            raise InvalidRequest(f"guidance_schedule must be one of {', '.join(SCHEDULES)}", "guidance_schedule")
-        for name in ("guidance_scale", "temperature"):
-            if not math.isfinite(values[name]):
-                raise InvalidRequest(f"{name} must be finite", name)
+        """The manifest's sampling defaults with the request's non-None overrides; ``SamplingSettings`` is the one
+        owner of what a valid setting is (the request schema refuses most bad values before, as a 422)."""
         try:
-            return SamplingSettings(**values)
+            return replace(self.info.sampling, **{k: v for k, v in overrides.items() if v is not None})
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
 

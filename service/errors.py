@@ -23,6 +23,13 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
 
+class InternalError(ServiceError):
+    """A bug of the gateway (its traceback is logged where it is caught); the client learns only that it happened."""
+
+    def __init__(self, message: str = "internal error"):
+        super().__init__(message)
+
+
 class InvalidRequest(ServiceError):
     """The request is well-formed JSON but asks for something impossible (wrong token count, unknown class)."""
 
@@ -106,7 +113,7 @@ def _response(request: Request, status: int, type_: str, message: str, param=Non
     return JSONResponse(error_body(type_, message, param), status_code=status, headers=headers)
 
 
-def _loc(loc) -> str:
+def _loc(loc) -> str | None:
     # ("body", "tokens", 0) -> "tokens[0]"; the location kind itself is not a field name
     parts = [p for p in loc if p not in ("body", "query", "path", "header")]
     text = ""
@@ -138,4 +145,5 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unexpected error", extra={"request_id": request.scope.get("state", {}).get("request_id")})
-        return _response(request, 500, "internal_error", "internal error")
+        error = InternalError()
+        return _response(request, error.status, error.type, error.message)

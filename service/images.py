@@ -7,6 +7,7 @@ import base64
 import binascii
 import io
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -87,6 +88,6 @@ def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarra
 def encode_image(array: np.ndarray, fmt: str) -> bytes:
     """(H, W, 3) uint8 -> PNG, JPEG (quality 95) or lossless WebP bytes; the same array gives the same bytes."""
     out = io.BytesIO()
-    options = {"png": {}, "jpeg": {"quality": 95}, "webp": {"lossless": True}}[fmt]
-    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGB").save(out, FORMATS[fmt], **options)
+    options: dict[str, dict[str, Any]] = {"png": {}, "jpeg": {"quality": 95}, "webp": {"lossless": True}}
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGB").save(out, FORMATS[fmt], **options[fmt])
     return out.getvalue()

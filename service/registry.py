@@ -6,7 +6,7 @@ from pathlib import Path
 
 from titok_core.manifest import GRAPHS, MANIFEST_SUFFIX, Manifest, manifest_paths
 
-from .backends import create_backend
+from .backends import BackendFactory, create_backend
 from .engine import ModelInfo, ServedModel
 from .errors import ConfigurationError, ModelNotFound
 from .metrics import Metrics
@@ -28,7 +28,8 @@ class Registry:
         self.models = models
 
     @classmethod
-    def load(cls, settings: Settings, metrics: Metrics) -> "Registry":
+    def load(cls, settings: Settings, metrics: Metrics, backend_factory: BackendFactory = create_backend) -> "Registry":
+        """Every family of the repository, each on the backend ``backend_factory`` makes for it."""
         repo = Path(settings.model_repository)
         paths = manifest_paths(repo)
         if not paths:
@@ -45,7 +46,7 @@ class Registry:
             if settings.backend == "embedded":  # Triton holds its own copy of the model files
                 _check_files(repo, manifest)
             info = ModelInfo.from_manifest(manifest)
-            models[info.family] = ServedModel(info, create_backend(settings, repo, manifest), settings, metrics)
+            models[info.family] = ServedModel(info, backend_factory(settings, repo, manifest), settings, metrics)
             log.info("loaded %s (version %d) from %s", info.family, info.version, repo)
         return cls(models)
 

@@ -17,7 +17,7 @@ import numpy as np
 from titok_core.sampler import Generation, advance, build_batch
 
 from .batcher import request_ids
-from .errors import BackendUnavailable, Overloaded, ServiceError
+from .errors import InternalError, Overloaded, ServiceError
 from .metrics import Metrics
 
 log = logging.getLogger("titok.scheduler")
@@ -86,7 +86,11 @@ class GenerationScheduler:
         try:
             return await req.future
         finally:
-            req.future.cancel()  # a no-op when done; else the loop drops it before its next step
+            req.future.cancel()  # a no-op when done; an active request is dropped before its next step
+            if req in self._waiting:  # a waiting one leaves the queue (and its count) at once
+                self._waiting.remove(req)
+                self._waiting_items -= len(req.gens)
+                self._depth.set(self._waiting_items)
 
     def _admit(self) -> None:
         """Move waiting requests into the step batch while there is room (a lone request always fits)."""
@@ -116,10 +120,10 @@ class GenerationScheduler:
             try:
                 ids = request_ids(r.request_id for r in self._active)
                 await self._step([g for r in self._active for g in r.gens], ids)
-            except Exception as e:
+            except Exception as e:  # the backend's own failures as they are; anything else is a bug: 500
                 if not isinstance(e, ServiceError):
                     log.exception("generation step of %s failed", self.model)
-                    e = BackendUnavailable(f"generation failed: {e}")
+                    e = InternalError()
                 for req in self._active:
                     if not req.future.done():
                         req.future.set_exception(e)

@@ -77,21 +77,6 @@ def gateway(model_repository, tmp_path_factory):
     g.stop()
 
 
-@pytest.fixture(scope="session")
-def tight_gateway(model_repository, tmp_path_factory):
-    """One row per model call, two waiting generations at most, an API key and CORS for one origin."""
-    g = Gateway(
-        model_repository,
-        tmp_path_factory.mktemp("gw") / "tight.log",
-        max_batch_size=1,
-        max_queue=2,
-        api_keys="key-one,key-two",
-        cors_origins="http://example.com",
-    )
-    yield g
-    g.stop()
-
-
 # ---------------------------------------------------------------------------------------------------
 # A real Triton (tests/triton_server.py) and a gateway on it
 # ---------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ def trained():
     return model, losses
 
 
+@pytest.mark.slow
 def test_tiny_training_run_learns(trained):
     model, losses = trained
     assert len(losses) == 50
@@ -24,6 +25,7 @@ def test_tiny_training_run_learns(trained):
     assert evaluate_accuracy(model, images, labels) > 0.4  # chance is 0.1
 
 
+@pytest.mark.slow
 def test_shapes_and_input_contract(trained):
     model, _ = trained
     images, _ = load_fashion_mnist("test", limit=6)
@@ -36,6 +38,7 @@ def test_shapes_and_input_contract(trained):
     assert [tuple(m.shape) for m in maps] == [(6, 32, 32, 32), (6, 64, 16, 16), (6, 128, 8, 8)]
 
 
+@pytest.mark.slow
 def test_perceptual_gradients_reach_the_input(trained):
     model, _ = trained
     x = torch.rand(2, 3, 32, 32, requires_grad=True)

@@ -119,6 +119,7 @@ def repo(models, checkpoints, tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.slow
 def test_verify_passes_at_every_batch_size(repo, family):
     _, reports = repo
     report = reports[family]
@@ -136,6 +137,7 @@ def test_verify_passes_at_every_batch_size(repo, family):
     assert report["inputs"] == expected
 
 
+@pytest.mark.slow
 def test_dynamic_batch_in_onnxruntime(repo):
     """Batch 1, 3 and 32 through every graph of a family, with the declared dtypes and shapes."""
     out, _ = repo
@@ -213,6 +215,7 @@ def _configs(folder: Path) -> dict[str, mc.ModelConfig]:
     return {p.parent.name: text_format.Parse(p.read_text(), mc.ModelConfig()) for p in folder.glob(f"*/{CONFIG_FILE}")}
 
 
+@pytest.mark.slow
 def test_configs_parse_and_agree_with_their_graphs(repo):
     out, _ = repo
     configs = _configs(out)
@@ -270,6 +273,7 @@ def test_gpu_configs_ask_for_tensorrt_fp16(models, tmp_path):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.slow
 def test_manifest_describes_the_family(repo, models, family):
     out, _ = repo
     manifest = json.loads(manifest_path(out, family).read_text())
@@ -301,6 +305,7 @@ def test_manifest_describes_the_family(repo, models, family):
     assert checksum_problems(out, read_manifest(out, family)) == []
 
 
+@pytest.mark.slow
 def test_manifest_records_checkpoint_sources(repo, checkpoints):
     out, _ = repo
     sources = read_manifest(out, "pixel").sources
@@ -308,6 +313,7 @@ def test_manifest_records_checkpoint_sources(repo, checkpoints):
     assert sources["generator"]["format"] == "checkpoint"
 
 
+@pytest.mark.slow
 def test_checksums_catch_a_changed_file(repo, tmp_path):
     out, _ = repo
     manifest = read_manifest(out, "pixel")
@@ -316,6 +322,7 @@ def test_checksums_catch_a_changed_file(repo, tmp_path):
     assert [p.split(":")[0] for p in checksum_problems(out, manifest)] == ["decoder"]
 
 
+@pytest.mark.slow
 def test_verify_command_checks_a_written_family(repo, checkpoints, capsys):
     out, _ = repo
     tok_dir, gen_dir = checkpoints
@@ -337,6 +344,7 @@ def twin(repo, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_twin_mirrors_the_repository(repo, twin):
     out, _ = repo
     real, mirror = _configs(out), _configs(twin)
@@ -382,6 +390,7 @@ def _load_twin_model(path: Path, monkeypatch):
     return module
 
 
+@pytest.mark.slow
 def test_twin_model_batches_requests_like_onnxruntime(twin, monkeypatch):
     """Requests of batch 1 and 3 run as one batch and come back split; a bad request fails alone."""
     folder = twin / "pixel_generator"
@@ -408,6 +417,7 @@ def test_twin_model_batches_requests_like_onnxruntime(twin, monkeypatch):
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tensorrt_fails_clearly_without_a_gpu(repo):
     if importlib.util.find_spec("tensorrt") is not None and Path("/dev/nvidia0").exists():
         pytest.skip("this machine has a GPU and TensorRT")

@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, Gateway
 
+pytestmark = pytest.mark.slow  # a gateway and headless Chromium
+
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "page-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

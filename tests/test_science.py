@@ -1,4 +1,5 @@
-"""The science tables and plot, from the evaluation JSON files the repository ships in docs/."""
+"""The science tables and plot, from evaluation JSON files written here (so re-running the evaluations that docs/
+ships changes nothing in this test)."""
 
 import json
 from pathlib import Path
@@ -8,45 +9,60 @@ from PIL import Image
 
 from training import science
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-SHIPPED = [DOCS / "results-tokenizer.json", DOCS / "results-1d-64.json", DOCS / "results-2d-64.json"]
+# (model description as training.evaluate writes it, psnr, ssim, rfid, probe accuracy, used fraction)
+EVALUATIONS = {
+    "1d-32": ("TiTok 1D, 32 tokens, pixel head", 21.5, 0.81, 6.25, 0.75, 0.875),
+    "1d-64": ("TiTok 1D, 64 tokens, pixel head", 24.125, 0.86, 3.5, 0.8, 1.0),
+    "2d-64": ("TiTok 2D grid 8x8, 64 tokens, pixel head", 25.44, 0.887, 2.8, 0.8125, 1.0),
+}
 
 
-def test_load_reads_layout_count_head_and_metrics():
-    one, two = science.load(SHIPPED[1]), science.load(SHIPPED[2])
+def write_evaluation(path: Path, model: str, psnr: float, ssim: float, rfid: float, probe: float, used: float) -> Path:
+    """An evaluation JSON of the shape ``python -m training.evaluate`` writes (the fields science reads)."""
+    rec = {"model": model, "psnr": psnr, "ssim": ssim, "rfid": rfid, "codebook_usage": {"used_fraction": used}}
+    doc = {"reconstruction": {"tokenizer": rec}, "linear_probe": {"accuracy": probe}}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.fixture
+def files(tmp_path) -> list[Path]:
+    return [write_evaluation(tmp_path / f"{name}.json", *values) for name, values in EVALUATIONS.items()]
+
+
+def test_load_reads_layout_count_head_and_metrics(files):
+    one, two = science.load(files[1]), science.load(files[2])
     assert (one.layout, one.tokens, one.head) == ("1D", 64, "pixel")
     assert (two.layout, two.tokens, two.head) == ("2D", 64, "pixel")
-    raw = json.loads(SHIPPED[2].read_text())
-    assert two.psnr == raw["reconstruction"]["tokenizer"]["psnr"]
-    assert two.probe == raw["linear_probe"]["accuracy"]
+    _, psnr, ssim, rfid, probe, used = EVALUATIONS["2d-64"]
+    assert (two.psnr, two.ssim, two.rfid, two.probe, two.codebook_used) == (psnr, ssim, rfid, probe, used)
 
 
-def test_tables_group_by_token_count_layout_and_recipe(tmp_path):
-    tokenizers = [science.load(p) for p in SHIPPED]
+def test_tables_group_by_token_count_layout_and_recipe(files, tmp_path):
+    tokenizers = [science.load(p) for p in files]
     budget = science.token_budget(tokenizers).splitlines()
     assert [row.split("|")[1].strip() for row in budget[2:]] == ["32", "64"]  # 1D only, by token count
     pairs = science.one_vs_two_d(tokenizers).splitlines()
     assert [row.split("|")[2].strip() for row in pairs[2:]] == ["1D", "2D"]  # only 64 has both layouts
     # a two-stage twin of the 32-token tokenizer: single- and two-stage rows at 32 tokens
-    raw = json.loads(SHIPPED[0].read_text())
-    raw["reconstruction"]["tokenizer"]["model"] = "TiTok 1D, 32 tokens, proxy head"
-    (tmp_path / "two.json").write_text(json.dumps(raw))
-    stages = science.one_vs_two_stage([*tokenizers, science.load(tmp_path / "two.json")]).splitlines()
+    _, *metrics = EVALUATIONS["1d-32"]
+    two = write_evaluation(tmp_path / "two.json", "TiTok 1D, 32 tokens, proxy head", *metrics)
+    stages = science.one_vs_two_stage([*tokenizers, science.load(two)]).splitlines()
     assert [row.split("|")[2].strip() for row in stages[2:]] == ["single-stage", "two-stage (proxy codes)"]
 
 
-def test_main_prints_tables_and_writes_the_plot(tmp_path, capsys):
+def test_main_prints_tables_and_writes_the_plot(files, tmp_path, capsys):
     out = tmp_path / "budget.png"
-    assert science.main([*map(str, SHIPPED), "--plot", str(out)]) == 0
+    assert science.main([*map(str, files), "--plot", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| 64 | 2D | 25.44 |" in text
+    _, psnr, ssim, rfid, probe, used = EVALUATIONS["2d-64"]
+    assert f"| 64 | 2D | {psnr:.2f} | {ssim:.3f} | {rfid:.2f} | {probe:.1%} | {used:.1%} |" in text
     with Image.open(out) as img:
         assert img.format == "PNG" and img.width > 800
 
 
 def test_a_file_that_is_not_a_tokenizer_evaluation_is_refused(tmp_path):
-    raw = json.loads(SHIPPED[0].read_text())
-    raw["reconstruction"]["tokenizer"]["model"] = "MaskGIT-VQGAN"
-    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    _, *metrics = EVALUATIONS["1d-32"]
+    bad = write_evaluation(tmp_path / "bad.json", "MaskGIT-VQGAN", *metrics)
     with pytest.raises(ValueError, match="not a TiTok evaluation"):
-        science.load(tmp_path / "bad.json")
+        science.load(bad)

@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from PIL import Image
 
-from training.checkpoint import save_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import load_fashion_mnist
+from training.evaluate import decode, reconstruct
+from training.metrics import psnr
 from training.models import TiTokConfig, build_model
 from training.token_probe import first_k, main, swapped
 
@@ -33,8 +37,17 @@ def test_run_writes_pictures_and_a_consistent_table(tmp_path):
     save_checkpoint(build_model(TITOK), tmp_path / "tok")
     args = ["--tokenizer", str(tmp_path / "tok"), "--out-dir", str(tmp_path), "--num-test", "40"]
     result = main(args + ["--num-pairs", "4", "--num-shown", "2", "--swaps-shown", "3", "--scale", "2"])
-    psnr = result["psnr_first_k"]
-    assert list(psnr) == [0, 1, 2, 4, 8] and all(5 < v < 100 for v in psnr.values())
+    psnr_by_k = result["psnr_first_k"]
+    assert list(psnr_by_k) == [0, 1, 2, 4, 8]
+    # k = 8 keeps every token: the tokenizer's own reconstruction; k = 0 decodes the filler alone
+    tokenizer = load_checkpoint(tmp_path / "tok").eval()
+    images, _ = load_fashion_mnist("test", limit=40)
+    tokens, recon = reconstruct(tokenizer, images)
+    filler = torch.full_like(tokens, result["filler_token"])
+    real = images.float() / 255
+    assert psnr_by_k[8] == pytest.approx(float(psnr(recon.float() / 255, real).mean()), rel=1e-6)
+    assert psnr_by_k[0] == pytest.approx(float(psnr(decode(tokenizer, filler).float() / 255, real).mean()), rel=1e-6)
+    assert result["filler_token"] == int(torch.bincount(tokens.flatten()).argmax())
     assert len(result["swap_mean_abs_change_by_position"]) == 8
     assert json.loads((tmp_path / "tokens.json").read_text())["filler_token"] == result["filler_token"]
     # 2 images x (original + 5 values of k), cells of 64 px with 1 px gaps

@@ -136,6 +136,7 @@ def test_resume_continues_exactly(tmp_path, runs, recipe):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_matches_one_process(tmp_path):
     """torchrun with 2 CPU processes (gloo) and the same global batch reaches the same weights as 1 process."""
     settings = [

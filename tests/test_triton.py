@@ -30,6 +30,8 @@ from tests.conftest import FAMILY, Gateway
 from tests.triton_server import TritonServer, write_twin_repository
 from titok_core.manifest import read_manifest
 
+pytestmark = pytest.mark.slow  # a real tritonserver, killed and restarted
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 HANG_S = 30  # a bound, not a timing: no answer below should take more than a few seconds
 
@@ -158,34 +160,44 @@ def load() -> list[tuple[str, dict]]:
     ]
 
 
-async def _load_while(url: str, event, workers: int = 6) -> list[httpx.Response]:
-    """Requests sent back to back by ``workers`` clients until ``event`` (an awaitable) is done."""
-    stop = asyncio.Event()
+async def _load_while(url: str, scenario, workers: int = 6) -> list[httpx.Response]:
+    """Requests sent back to back by ``workers`` clients while ``scenario(answered)`` runs; ``answered(code)`` waits
+    until an answer with that status has come back since it was called."""
+    stop, seen = asyncio.Event(), asyncio.Event()
+    answers: list[httpx.Response] = []
 
-    async def client_loop(i: int, client: httpx.AsyncClient) -> list[httpx.Response]:
+    async def client_loop(i: int, client: httpx.AsyncClient) -> None:
         path, body = load()[i % len(load())]
-        answers = []
         while not stop.is_set():
             answers.append(await client.post(path, json=body))  # httpx raises beyond HANG_S: a hang fails the test
-        return answers
+            seen.set()
+
+    async def answered(code: int) -> None:
+        start = len(answers)
+        while not any(r.status_code == code for r in answers[start:]):
+            seen.clear()
+            await asyncio.wait_for(seen.wait(), HANG_S)
 
     async with httpx.AsyncClient(base_url=url, timeout=HANG_S) as client:
         tasks = [asyncio.create_task(client_loop(i, client)) for i in range(workers)]
-        await event
-        stop.set()
-        return [r for answers in await asyncio.gather(*tasks) for r in answers]
+        try:
+            await scenario(answered)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+    return answers
 
 
 def test_triton_killed_under_load_is_503_then_the_gateway_recovers_by_itself(triton_gateway, triton):
     url, pid = triton_gateway.url, triton_gateway.proc.pid
 
-    async def crash():
-        await asyncio.sleep(1.0)  # under load
+    async def crash(answered):
+        await answered(200)  # under load
         triton.kill()
-        await asyncio.sleep(1.5)  # and still sending while it is gone
+        await answered(503)  # and still sending while it is gone
 
     try:
-        answers = asyncio.run(_load_while(url, crash()))
+        answers = asyncio.run(_load_while(url, crash))
         codes = [r.status_code for r in answers]
         assert set(codes) <= {200, 503} and 200 in codes and 503 in codes, codes
         for r in answers:
@@ -277,8 +289,9 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _flood(url: str, decoder: dict, stop: threading.Event) -> None:
-    """Another client of Triton, keeping the slow decoder busy and its one-place queue full."""
+def _flood(url: str, decoder: dict, stop: threading.Event, full: threading.Event) -> None:
+    """Another client of Triton, keeping the slow decoder busy and its one-place queue full (``full`` is set once
+    Triton has refused it for that)."""
     client = grpcclient.InferenceServerClient(url)
     tokens = grpcclient.InferInput(decoder["inputs"][0]["name"], [1, 32], "INT64")
     tokens.set_data_from_numpy(np.zeros((1, 32), np.int64))
@@ -286,6 +299,7 @@ def _flood(url: str, decoder: dict, stop: threading.Event) -> None:
         try:
             client.infer(decoder["model_name"], [tokens])
         except InferenceServerException:  # the queue is full for it too: try again
+            full.set()
             time.sleep(0.01)
     client.close()
 
@@ -294,12 +308,12 @@ def test_a_full_triton_queue_is_429_with_retry_after(bounded, tmp_path):
     server, repo, decoder = bounded
     server.start()
     g = Gateway(repo, tmp_path / "gateway.log", backend="triton", triton_url=server.grpc_url)
-    stop = threading.Event()
-    flooders = [threading.Thread(target=_flood, args=(server.grpc_url, decoder, stop)) for _ in range(3)]
+    stop, full = threading.Event(), threading.Event()
+    flooders = [threading.Thread(target=_flood, args=(server.grpc_url, decoder, stop, full)) for _ in range(3)]
     try:
         for t in flooders:
             t.start()
-        time.sleep(1.0)  # the decoder is busy and its queue full
+        assert full.wait(HANG_S), "the flooders never filled Triton's queue"  # the decoder is busy, its queue full
         path, body = DETOKENIZE
         answers = [httpx.post(f"{g.url}{path}", json=body, timeout=HANG_S) for _ in range(6)]
         codes = [r.status_code for r in answers]

@@ -189,7 +189,7 @@ def _step(gen: Generation, hidden: np.ndarray, logits: np.ndarray) -> None:
     # both draws happen in full at every step, in this order, so an item's random stream depends on nothing else
     n, k = gen.tokens.shape[0], gen.mask_id
     uniforms = gen.rng.random((n, k))
-    confidence_noise = _gumbel(gen.rng.random(n))
+    confidence_noise = _gumbel(gen.rng.random((n,)))
 
     chosen = np.argmax(logits + temperature * _gumbel(uniforms[hidden]), axis=-1)
     sampled = gen.tokens.copy()

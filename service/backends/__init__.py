@@ -1,11 +1,20 @@
 """Inference backends: thin adapters that run a family's three graphs (embedded onnxruntime, Triton)."""
 
+from collections.abc import Callable
+from pathlib import Path
+
+from titok_core.manifest import Manifest
+
+from ..settings import Settings
 from .base import Backend
 
-__all__ = ["Backend", "create_backend"]
+__all__ = ["Backend", "BackendFactory", "create_backend"]
+
+# (settings, model repository, the family's manifest) -> the family's backend
+BackendFactory = Callable[[Settings, Path, Manifest], Backend]
 
 
-def create_backend(settings, repository, manifest) -> Backend:
+def create_backend(settings: Settings, repository: Path, manifest: Manifest) -> Backend:
     """The backend the settings name, for one family."""
     from ..errors import ConfigurationError
 

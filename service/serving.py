@@ -1,0 +1,200 @@
+"""The serving layer: protocol requests in, engine calls, protocol answers out (vLLM's ``serving_*`` shape).
+
+It owns what lies between HTTP and the engine: the per-request limits, the seed policy, the expansion of class
+labels, the orchestration of image decoding and encoding, and the counting of what was produced. The routes parse
+HTTP and call it; the engine (``ServedModel``) checks model inputs, batches and runs them.
+"""
+
+import base64
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from . import images as imaging
+from .engine import ServedModel
+from .errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
+from .metrics import Metrics
+from .registry import Registry
+from .schemas import (
+    ClassInfo,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    GeneratedImage,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    ImageData,
+    ModelCard,
+    ModelList,
+    SamplingDefaults,
+    TokenizeResponse,
+)
+from .settings import Settings
+
+T = TypeVar("T")
+# a few small images (64x64 each) decode inline in well under a millisecond
+_INLINE_DECODE_PIXELS = 4 * 64 * 64
+
+
+@dataclass(frozen=True)
+class Call:
+    """What the serving layer needs of the HTTP request it serves: its id, and how to await engine work under its
+    deadline and connection (``guard`` raises 504 past the deadline, 499 when the client leaves)."""
+
+    request_id: str
+    guard: Callable[[Awaitable[Any]], Awaitable[Any]]
+
+    async def run(self, work: Awaitable[T]) -> T:
+        return await self.guard(work)
+
+
+@dataclass(frozen=True)
+class RawImage:
+    """One encoded image sent as the body itself (``Accept: image/...`` for a single token sequence)."""
+
+    data: bytes
+    media_type: str
+
+
+class Serving:
+    """The v1 API over a registry of served models."""
+
+    def __init__(self, settings: Settings, registry: Registry, metrics: Metrics):
+        self.settings, self.registry, self.metrics = settings, registry, metrics
+        # a few images decode at once: each may take its full pixel limit in memory while it is decoded
+        self._decoding = anyio.CapacityLimiter(4)
+
+    def models(self) -> ModelList:
+        return ModelList(data=[_card(name, model) for name, model in self.registry.models.items()])
+
+    async def ready(self) -> Health:
+        if not await self.registry.ready():
+            raise BackendUnavailable("a model or its backend is not ready")
+        return Health(status="ready", models=list(self.registry.models))
+
+    # -- tokenize --------------------------------------------------------------------------------------
+
+    async def tokenize(self, name: str | None, blobs: list[bytes], call: Call) -> TokenizeResponse:
+        """Encoded images (PNG, JPEG or WebP bytes) -> their token ids."""
+        model = self.registry.get(name)
+        if len(blobs) > self.settings.max_images:
+            raise PayloadTooLarge(f"at most {self.settings.max_images} images per request", "images")
+        images = await self._decode(blobs, model.info.image_size)
+        tokens = await call.run(model.tokenize(images, call.request_id))
+        self.metrics.tokens_produced.labels(model.info.family, "tokenize").inc(tokens.size)
+        info = model.info
+        return TokenizeResponse(
+            model=info.family, tokens=tokens.tolist(), num_tokens=info.num_tokens, codebook_size=info.codebook_size
+        )
+
+    async def _decode(self, blobs: list[bytes], size: int) -> np.ndarray:
+        """uint8 (B, size, size, 3): every header is checked before any pixel is decoded."""
+        limit = self.settings.max_image_pixels
+        opened = [imaging.open_image(data, limit, f"images[{i}]") for i, data in enumerate(blobs)]  # headers only
+
+        def decode() -> list[np.ndarray]:
+            return [imaging.preprocess(imaging.load_pixels(im, f"images[{i}]"), size) for i, im in enumerate(opened)]
+
+        # small images decode faster than the hop to a worker thread; large ones must not stall the event loop
+        if sum(im.width * im.height for im in opened) <= _INLINE_DECODE_PIXELS:
+            return np.stack(decode())
+        return np.stack(await anyio.to_thread.run_sync(decode, limiter=self._decoding))
+
+    # -- detokenize ------------------------------------------------------------------------------------
+
+    async def detokenize(
+        self, body: DetokenizeRequest, accepted: str | None, call: Call
+    ) -> DetokenizeResponse | RawImage:
+        """Token ids -> images; one sequence asked for as an image format (``accepted``) comes back raw."""
+        model = self.registry.get(body.model)
+        if len(body.tokens) > self.settings.max_images:
+            raise PayloadTooLarge(f"at most {self.settings.max_images} token sequences per request", "tokens")
+        tokens = model.check_tokens(body.tokens)
+        raw = accepted if len(body.tokens) == 1 else None
+        fmt = raw or body.format
+        files = await _encode(await call.run(model.detokenize(tokens, call.request_id)), fmt)
+        if raw:
+            return RawImage(files[0], imaging.MEDIA_TYPES[fmt])
+        return DetokenizeResponse(
+            model=model.info.family, format=fmt, images=[ImageData(b64_json=_b64(f)) for f in files]
+        )
+
+    # -- generate --------------------------------------------------------------------------------------
+
+    async def generate(self, body: GenerateRequest, call: Call) -> GenerateResponse:
+        """Class-conditional images, label-major: ``n`` per label, image i with seed + i."""
+        model = self.registry.get(body.model)
+        ids = self._class_ids(model, body.class_labels)
+        total = len(ids) * body.n
+        if total > self.settings.max_n:
+            raise InvalidRequest(f"at most {self.settings.max_n} images per request (class labels x n)", "n")
+        if body.num_steps is not None and body.num_steps > self.settings.max_steps:
+            raise InvalidRequest(f"at most {self.settings.max_steps} steps", "num_steps")
+        sampling = model.sampling(
+            num_steps=body.num_steps,
+            guidance_scale=body.guidance_scale,
+            guidance_schedule=body.guidance_schedule,
+            temperature=body.temperature,
+        )
+        base = body.seed if body.seed is not None else secrets.randbelow(2**31)  # random seeds are returned
+        class_ids = [c for c in ids for _ in range(body.n)]  # label-major
+        seeds = [base + i for i in range(total)]
+        tokens, images = await call.run(model.generate(class_ids, seeds, sampling, call.request_id))
+        files = await _encode(images, body.format)
+        family = model.info.family
+        self.metrics.images_generated.labels(family).inc(total)
+        self.metrics.tokens_produced.labels(family, "generate").inc(tokens.size)
+        return GenerateResponse(
+            created=int(time.time()),
+            model=family,
+            format=body.format,
+            images=[
+                GeneratedImage(
+                    b64_json=_b64(f),
+                    class_label=c,
+                    class_name=model.info.class_names[c],
+                    seed=s,
+                    tokens=t.tolist() if body.return_tokens else None,
+                )
+                for f, c, s, t in zip(files, class_ids, seeds, tokens, strict=True)
+            ],
+        )
+
+    @staticmethod
+    def _class_ids(model: ServedModel, class_labels: int | str | list[int | str]) -> list[int]:
+        """Class indices of one label or a list of them (indices or names); the param names the one at fault."""
+        if not isinstance(class_labels, list):
+            return [model.class_id(class_labels, "class_labels")]
+        if not class_labels:
+            raise InvalidRequest("give at least one class label", "class_labels")
+        return [model.class_id(label, f"class_labels[{i}]") for i, label in enumerate(class_labels)]
+
+
+def _card(name: str, model: ServedModel) -> ModelCard:
+    info = model.info
+    return ModelCard(
+        id=name,
+        version=info.version,
+        image_size=info.image_size,
+        num_tokens=info.num_tokens,
+        codebook_size=info.codebook_size,
+        num_classes=info.num_classes,
+        classes=[ClassInfo(id=i, name=n) for i, n in enumerate(info.class_names)],
+        sampling=SamplingDefaults(**asdict(info.sampling)),
+        max_batch_size=info.max_batch_size,
+    )
+
+
+async def _encode(images: np.ndarray, fmt: str) -> list[bytes]:
+    """(B, H, W, 3) uint8 -> B image files, off the event loop."""
+    return await anyio.to_thread.run_sync(lambda: [imaging.encode_image(im, fmt) for im in images])
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
