@@ -14,8 +14,8 @@ SHIPPED = [DOCS / "results-tokenizer.json", DOCS / "results-1d-64.json", DOCS / 
 
 def test_load_reads_layout_count_head_and_metrics():
     one, two = science.load(SHIPPED[1]), science.load(SHIPPED[2])
-    assert (one.layout, one.tokens, one.head) == ("1D", 64, "pixel")
-    assert (two.layout, two.tokens, two.head) == ("2D", 64, "pixel")
+    assert (one.layout, one.tokens, one.recipe) == ("1D", 64, "single-stage")
+    assert (two.layout, two.tokens, two.recipe) == ("2D", 64, "single-stage")
     raw = json.loads(SHIPPED[2].read_text())
     assert two.psnr == raw["reconstruction"]["tokenizer"]["psnr"]
     assert two.probe == raw["linear_probe"]["accuracy"]
@@ -29,7 +29,7 @@ def test_tables_group_by_token_count_layout_and_recipe(tmp_path):
     assert [row.split("|")[2].strip() for row in pairs[2:]] == ["1D", "2D"]  # only 64 has both layouts
     # a two-stage twin of the 32-token tokenizer: single- and two-stage rows at 32 tokens
     raw = json.loads(SHIPPED[0].read_text())
-    raw["reconstruction"]["tokenizer"]["model"] = "TiTok 1D, 32 tokens, proxy head"
+    raw["reconstruction"]["tokenizer"]["recipe"] = "two-stage"
     (tmp_path / "two.json").write_text(json.dumps(raw))
     stages = science.one_vs_two_stage([*tokenizers, science.load(tmp_path / "two.json")]).splitlines()
     assert [row.split("|")[2].strip() for row in stages[2:]] == ["single-stage", "two-stage (proxy codes)"]
@@ -46,7 +46,7 @@ def test_main_prints_tables_and_writes_the_plot(tmp_path, capsys):
 
 def test_a_file_that_is_not_a_tokenizer_evaluation_is_refused(tmp_path):
     raw = json.loads(SHIPPED[0].read_text())
-    raw["reconstruction"]["tokenizer"]["model"] = "MaskGIT-VQGAN"
+    raw["reconstruction"]["tokenizer"]["kind"] = "vqgan"
     (tmp_path / "bad.json").write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="not a TiTok evaluation"):
         science.load(tmp_path / "bad.json")
