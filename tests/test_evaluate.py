@@ -1,4 +1,4 @@
-"""Tests for training/evaluate.py with tiny random models, an untrained classifier and real Fashion-MNIST images."""
+"""Tests for training/evaluation/ with tiny random models, an untrained classifier and real Fashion-MNIST images."""
 
 import importlib.util
 import json

@@ -8,7 +8,7 @@ generator      the MaskGIT generator on token sequences cached from a tokenizer
 
 Each recipe is a plain function ``(RunInputs) -> Run``: it loads what it depends on (teacher, stage-1
 checkpoint, tokenizer) explicitly, builds the model, and composes the loss from small parts (``PixelLosses`` for
-reconstruction in pixels, ``Codebook`` for codes restarts). The order of the random draws (model init, then
+reconstruction in pixels, ``Codebook`` for code restarts). The order of the random draws (model init, then
 networks loaded or built for the losses) is the order of the lines, so seeded runs are reproducible.
 """
 

@@ -55,7 +55,7 @@ class TrainConfig:
     ckpt_every: int = 500
     codebook_restart_every: int = 200  # 0 turns it off
     perceptual_weight: float = 0.0
-    perceptual_net: str | None = None  # a classifier checkpoint folder (training.classifier)
+    perceptual_net: str | None = None  # a classifier checkpoint folder (python -m training classifier)
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     disc_lr: float = 1e-4
