@@ -83,10 +83,10 @@ ship: setup-dev data
 	$(PY) -m training train configs/generator-fmnist.yaml
 	rm -rf $(FAMILY) && mkdir -p $(FAMILY)
 	cp -r runs/titok-fmnist-32/checkpoint $(FAMILY)/tokenizer && cp -r runs/generator-fmnist/checkpoint $(FAMILY)/generator
-	$(PY) -m training.sweep_sampling --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
+	$(PY) -m training sweep --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
 		--classifier checkpoints/fmnist-classifier --steps 4,8 --guidance 2,3,4 --temperature 2,3 \
 		--num-per-class 100 --out docs/sampling-confirm.json --write-defaults
-	$(PY) -m training.evaluate --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
+	$(PY) -m training evaluate --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
 		--classifier checkpoints/fmnist-classifier --num-per-class 100 --out docs/results.json --grid-dir docs
 	$(PY) -m export build --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator --family titok-fmnist \
 		--out model_repository

@@ -23,10 +23,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.machine import facts, matmul_peak_gflops, median_seconds
 from export.onnx_graphs import DecoderGraph, EncoderGraph, GeneratorGraph, export_decoder, export_graph
 from export.signatures import family_signatures
-from export.sources import check_pair, load_source
+from export.sources import load_source
 from titok_core.manifest import GRAPHS
 from titok_core.sampler import SamplingSettings, generate
-from training.models import build_model
+from training.models import build_model, check_pair
 
 
 def load_family(args) -> tuple[torch.nn.Module, torch.nn.Module, str]:

@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher delay (default: 2000)")
     build.add_argument("--preferred-batch-sizes", type=_sizes, default=(), help="e.g. 8,16,32 (default: powers of 2)")
     build.add_argument("--model-version", type=int, default=1, help="the models' version folder (default: 1)")
-    build.add_argument("--class-names", help="comma-separated; default Fashion-MNIST's for 10 classes, else class_<i>")
+    build.add_argument(
+        "--class-names", help="comma-separated; default: those the generator checkpoint recorded, else class_<i>"
+    )
     build.add_argument("--skip-verify", action="store_true", help="write without checking against PyTorch")
     build.add_argument("--batch-sizes", type=_sizes, default=(1, 3, 32), help="verification batch sizes (1,3,32)")
     build.add_argument("--decoder-batch-sizes", type=_sizes, help="decoder verification batch sizes (default: same)")
@@ -89,8 +91,9 @@ def _build(args) -> int:
 
 def _verify(args) -> int:
     from titok_core.manifest import checksum_problems, read_manifest
+    from training.models import check_pair
 
-    from .sources import check_pair, load_source
+    from .sources import load_source
     from .verify import report_markdown, verify_family
 
     manifest = read_manifest(args.repo, args.family)

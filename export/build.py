@@ -8,10 +8,11 @@ from pathlib import Path
 from torch import nn
 
 from titok_core.manifest import write_manifest
+from training.models import TiTokConfig, check_pair
 
 from .manifest import build_manifest
 from .onnx_graphs import export_family, family_signatures_of
-from .sources import check_pair, class_names, source_record
+from .sources import class_names, source_record
 from .triton_repo import TritonSettings, write_models
 from .verify import BATCH_SIZES, verify_family
 
@@ -42,13 +43,19 @@ def build_family(
     batch_sizes=BATCH_SIZES,
     decoder_batch_sizes=None,
 ) -> BuildResult:
-    """Export, verify (unless ``verify`` is False) and write ``out/<family>_*`` and ``out/<family>.manifest.json``."""
+    """Export, verify (unless ``verify`` is False) and write ``out/<family>_*`` and ``out/<family>.manifest.json``.
+
+    Class names: ``names``, else those recorded in the generator source's metadata, else ``class_<i>``.
+    """
     if not _FAMILY_NAME.match(family):
         raise ValueError(f"family name {family!r} must be letters, digits, '_', '-' or '.', starting alphanumeric")
+    if not isinstance(tokenizer.config, TiTokConfig):  # the exported graphs are TiTok's
+        raise ValueError(f"the tokenizer is a {type(tokenizer.config).__name__}, not a TiTok tokenizer")
     check_pair(tokenizer.config, generator.config)
     settings = settings or TritonSettings()
-    names = class_names(generator.config.num_classes, names)
     sources = sources or {"tokenizer": source_record(tokenizer), "generator": source_record(generator)}
+    recorded = sources["generator"]["metadata"].get("class_names")
+    names = class_names(generator.config.num_classes, names, recorded)
     tokenizer.eval()
     generator.eval()
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,8 +5,7 @@ from pathlib import Path
 from torch import nn
 
 from training.checkpoint import import_released, load_checkpoint, read_checkpoint_config
-from training.data import FASHION_MNIST_CLASSES
-from training.models import GeneratorConfig, TiTokConfig, config_to_dict
+from training.models import config_to_dict
 
 
 def load_source(path: str | Path) -> tuple[nn.Module, dict]:
@@ -32,26 +31,13 @@ def source_record(model: nn.Module, path: str | Path | None = None, kind: str = 
     }
 
 
-def check_pair(tokenizer: TiTokConfig, generator: GeneratorConfig) -> None:
-    """A generator must predict exactly the tokenizer's ids: same sequence length and codebook."""
-    if not isinstance(tokenizer, TiTokConfig):
-        raise ValueError(f"the tokenizer is a {type(tokenizer).__name__}, not a TiTok tokenizer")
-    if not isinstance(generator, GeneratorConfig):
-        raise ValueError(f"the generator is a {type(generator).__name__}, not a MaskGIT generator")
-    if (generator.seq_len, generator.codebook_size) != (tokenizer.num_tokens, tokenizer.codebook_size):
-        raise ValueError(
-            f"generator (seq_len {generator.seq_len}, codebook {generator.codebook_size}) does not fit the tokenizer "
-            f"({tokenizer.num_tokens} tokens, codebook {tokenizer.codebook_size})"
-        )
-
-
-def class_names(num_classes: int, given: str | list[str] | None = None) -> list[str]:
-    """Names from a comma-separated list, else Fashion-MNIST's for 10 classes, else ``class_<i>``."""
-    if given:
-        names = [n.strip() for n in given.split(",")] if isinstance(given, str) else list(given)
-        if len(names) != num_classes:
-            raise ValueError(f"{len(names)} class names given for a generator with {num_classes} classes")
-        return names
-    if num_classes == len(FASHION_MNIST_CLASSES):
-        return list(FASHION_MNIST_CLASSES)
+def class_names(num_classes: int, given: str | list[str] | None = None, recorded: list[str] | None = None) -> list[str]:
+    """Names given (a comma-separated list or a list), else those the generator's checkpoint recorded from its
+    training data, else ``class_<i>``: never guessed from the class count."""
+    for source, names in (("given", given), ("recorded in the generator checkpoint", recorded)):
+        if names:
+            names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+            if len(names) != num_classes:
+                raise ValueError(f"{len(names)} class names {source} for a generator with {num_classes} classes")
+            return names
     return [f"class_{i}" for i in range(num_classes)]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.data import DatasetCorruptError, DatasetNotFoundError, load_fashion_mnist
+from training.report import markdown_table
 
 from .onnx_graphs import DecoderGraph, EncoderGraph, GeneratorGraph, export_decoder
 
@@ -177,12 +178,11 @@ def _fmt(value) -> str:
 
 def report_markdown(report: dict) -> str:
     """The report as a Markdown table, with a one-line verdict under it."""
-    lines = ["| graph | batch | check | value | limit | ok | note |", "|---|---:|---|---:|---|:---:|---|"]
-    for c in report["checks"]:
-        ok = "yes" if c["ok"] else "**NO**"
-        lines.append(
-            f"| {c['graph']} | {c['batch']} | {c['check']} | {_fmt(c['value'])} | {c['limit']} | {ok} | {c['note']} |"
-        )
+    rows = [
+        [c["graph"], c["batch"], c["check"], _fmt(c["value"]), c["limit"], "yes" if c["ok"] else "**NO**", c["note"]]
+        for c in report["checks"]
+    ]
+    lines = [markdown_table(["graph", "batch", "check", "value", "limit", "ok", "note"], rows, "lrlrlcl")]
     verdict = "passed" if report["ok"] else "FAILED"
     lines.append("")
     lines.append(

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from training.classifier import FMNISTClassifier, evaluate_accuracy, train_classifier
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.classifier import evaluate_accuracy, train_classifier
 from training.data import load_fashion_mnist
+from training.models import ClassifierConfig, FMNISTClassifier
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +55,18 @@ def test_size_and_determinism():
     b = train_classifier(images, labels, steps=2, batch_size=16, lr=1e-3, seed=3)
     pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     assert all(torch.equal(x, y) for x, y in pairs)
+
+
+def test_common_checkpoint_format_round_trips(trained, tmp_path):
+    model, _ = trained
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "clf"), kind="fmnist-classifier")
+    images, _ = load_fashion_mnist("test", limit=8)
+    assert loaded.config == ClassifierConfig() and not loaded.training
+    with torch.no_grad():
+        assert torch.equal(loaded(images), model(images))
+
+
+def test_the_shipped_classifier_loads_and_classifies():
+    model = load_checkpoint("checkpoints/fmnist-classifier", kind="fmnist-classifier")
+    images, labels = load_fashion_mnist("test", limit=200)
+    assert evaluate_accuracy(model, images, labels) > 0.85  # 92.9% on the whole test set

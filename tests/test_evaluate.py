@@ -1,4 +1,4 @@
-"""Tests for training/evaluate.py with tiny random models, an untrained classifier and real Fashion-MNIST images."""
+"""Tests for training/evaluation/ with tiny random models, an untrained classifier and real Fashion-MNIST images."""
 
 import importlib.util
 import json
@@ -10,9 +10,8 @@ from PIL import Image
 
 from titok_core.sampler import SamplingSettings, generate
 from training.checkpoint import save_checkpoint
-from training.classifier import FMNISTClassifier, save_classifier
 from training.data import load_fashion_mnist
-from training.evaluate import (
+from training.evaluation import (
     FID_NOTE,
     classify,
     decode,
@@ -21,13 +20,13 @@ from training.evaluate import (
     fid_from_features,
     jsonable,
     linear_probe,
-    main,
     reconstruct,
     reconstruction_metrics,
-    save_grid,
-    token_features,
 )
-from training.models import GeneratorConfig, TiTokConfig, VQGANConfig, build_model
+from training.evaluation.cli import main
+from training.evaluation.probe import token_features
+from training.models import FMNISTClassifier, GeneratorConfig, TiTokConfig, VQGANConfig, build_model
+from training.report import save_grid
 
 TITOK = TiTokConfig(
     image_size=32, patch_size=8, width=32, depth=1, heads=2, num_latent_tokens=8, codebook_size=32, decoder_head="pixel"
@@ -163,10 +162,10 @@ def test_generation_defaults_to_the_generators_settings(generator, tokenizer, cl
     }
 
 
-def test_generation_rejects_a_tokenizer_of_another_language(generator, classifier):
+def test_generation_rejects_a_tokenizer_of_another_language(generator, classifier, data):
     other = _seeded(TiTokConfig(**{**vars(TITOK), "num_latent_tokens": 4}))
     with pytest.raises(ValueError, match="generator expects 8 tokens"):
-        evaluate_generation(generator, other, classifier, 1)
+        evaluate_generation(generator, other, classifier, 1, real_images=data[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,7 +206,7 @@ def test_main_end_to_end(tmp_path, tokenizer, generator, classifier, capsys):
     save_checkpoint(tokenizer, tmp_path / "tok")
     save_checkpoint(generator, tmp_path / "gen")
     save_checkpoint(_seeded(VQGAN), tmp_path / "teacher")
-    save_classifier(classifier, tmp_path / "cls")
+    save_checkpoint(classifier, tmp_path / "cls")
     out, grids = tmp_path / "results" / "eval.json", tmp_path / "docs"
     argv = ["--tokenizer", str(tmp_path / "tok"), "--generator", str(tmp_path / "gen")]
     argv += ["--classifier", str(tmp_path / "cls"), "--teacher", str(tmp_path / "teacher")]

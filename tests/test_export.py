@@ -26,7 +26,7 @@ import export.verify
 from export.__main__ import main
 from export.build import build_family
 from export.onnx_graphs import export_decoder, family_signatures_of, graph_io, graph_problems
-from export.sources import check_pair, class_names
+from export.sources import class_names
 from export.tensorrt import UNAVAILABLE
 from export.triton_repo import CONFIG_FILE, GPU_CONFIG_FILE
 from export.twin import write_twin
@@ -34,7 +34,7 @@ from export.verify import ort_session, report_markdown
 from titok_core.manifest import checksum_problems, manifest_path, read_manifest, sha256
 from training.checkpoint import save_checkpoint
 from training.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
-from training.models import GeneratorConfig, TiTokConfig, VQGANConfig, build_model, get_config
+from training.models import GeneratorConfig, TiTokConfig, VQGANConfig, build_model, check_pair, get_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(image_size=32, width=32, depth=1, heads=2, codebook_size=64)
@@ -90,10 +90,11 @@ def models():
 
 @pytest.fixture(scope="module")
 def checkpoints(models, tmp_path_factory):
-    """The pixel family saved as checkpoint folders, for the command line."""
+    """The pixel family saved as checkpoint folders, for the command line; the generator records its classes."""
     root = tmp_path_factory.mktemp("checkpoints")
     tokenizer, generator = models["pixel"]
-    return save_checkpoint(tokenizer, root / "tokenizer"), save_checkpoint(generator, root / "generator")
+    recorded = {"class_names": list(FASHION_MNIST_CLASSES)}  # as training writes them from the data set
+    return save_checkpoint(tokenizer, root / "tokenizer"), save_checkpoint(generator, root / "generator", recorded)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +287,9 @@ def test_manifest_describes_the_family(repo, models, family):
         tcfg.codebook_size,
     )
     assert manifest["mask_id"] == tcfg.codebook_size and manifest["null_class_id"] == gcfg.num_classes
-    expected_names = list(FASHION_MNIST_CLASSES) if gcfg.num_classes == 10 else [f"class_{i}" for i in range(1000)]
+    # the pixel family's generator checkpoint recorded its classes; the in-memory ones record none
+    recorded = family == "pixel"
+    expected_names = list(FASHION_MNIST_CLASSES) if recorded else [f"class_{i}" for i in range(gcfg.num_classes)]
     assert manifest["class_names"] == expected_names
     assert manifest["sampling"] == {
         "num_steps": gcfg.num_steps,
@@ -431,9 +434,13 @@ def test_tensorrt_fails_clearly_without_a_gpu(repo):
 
 
 def test_class_names_and_pairing():
-    assert class_names(10) == list(FASHION_MNIST_CLASSES)
+    assert class_names(10) == [f"class_{i}" for i in range(10)]  # ten classes are not Fashion-MNIST by count
     assert class_names(3) == ["class_0", "class_1", "class_2"]
     assert class_names(2, "cat, dog") == ["cat", "dog"]
+    assert class_names(2, None, ["cat", "dog"]) == ["cat", "dog"]
+    assert class_names(2, "ant,bee", ["cat", "dog"]) == ["ant", "bee"]  # given names win over recorded ones
+    with pytest.raises(ValueError, match="3 class names recorded in the generator checkpoint"):
+        class_names(2, None, ["a", "b", "c"])
     with pytest.raises(ValueError, match="2 class names"):
         class_names(3, "cat,dog")
     tok, gen = FAMILIES["pixel"][0], FAMILIES["grid"][1]

@@ -15,7 +15,16 @@ from training.checkpoint import (
     preset_for_released_file,
     save_checkpoint,
 )
-from training.models import GeneratorConfig, TiTokConfig, VQGANConfig, build_model, get_config
+from training.models import (
+    ClassifierConfig,
+    GeneratorConfig,
+    TiTokConfig,
+    VQGANConfig,
+    build_model,
+    check_pair,
+    config_from_dict,
+    get_config,
+)
 from training.models.quantizer import VectorQuantizer
 
 # a copy of shared/reference/official_titok_state_dicts.json: the released checkpoints' keys and shapes
@@ -238,7 +247,9 @@ def test_bert_generator_matches_transformers_bert():
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("cfg", [TINY_TITOK, TINY_BERT, replace(TINY_BERT, arch="uvit"), TINY_TITOK.pixel_vqgan])
+@pytest.mark.parametrize(
+    "cfg", [TINY_TITOK, TINY_BERT, replace(TINY_BERT, arch="uvit"), TINY_TITOK.pixel_vqgan, ClassifierConfig()]
+)
 def test_checkpoint_round_trip_is_bit_exact(tmp_path, cfg):
     model = build_model(cfg)
     folder = save_checkpoint(model, tmp_path / "ckpt", metadata={"step": 7})
@@ -252,6 +263,27 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path, cfg):
 def test_checkpoint_folder_errors(tmp_path):
     with pytest.raises(CheckpointError, match="config.json"):
         load_checkpoint(tmp_path)
+    folder = save_checkpoint(build_model(TINY_BERT), tmp_path / "gen")
+    with pytest.raises(CheckpointError, match="holds a generator model, not a fmnist-classifier"):
+        load_checkpoint(folder, kind="fmnist-classifier")
+
+
+def test_config_dicts_are_strict():
+    with pytest.raises(ValueError, match=r"unknown generator config keys: \['hiden'\]"):
+        config_from_dict({"kind": "generator", "hiden": 3})
+    with pytest.raises(ValueError, match="unknown model kind"):
+        config_from_dict({"kind": "resnet"})
+    assert config_from_dict({"kind": "fmnist-classifier"}) == ClassifierConfig()  # the first classifier files
+
+
+def test_pair_check_names_both_sides():
+    check_pair(TINY_TITOK, replace(TINY_BERT, seq_len=TINY_TITOK.num_tokens, codebook_size=TINY_TITOK.codebook_size))
+    vqgan = TINY_TITOK.pixel_vqgan
+    check_pair(vqgan, replace(TINY_BERT, seq_len=vqgan.num_tokens, codebook_size=vqgan.codebook_size))
+    with pytest.raises(ValueError, match=r"generator expects \d+ tokens .* tokenizer gives 8 tokens"):
+        check_pair(TINY_TITOK, replace(TINY_BERT, seq_len=9))
+    with pytest.raises(ValueError, match="not a MaskGIT generator"):
+        check_pair(TINY_TITOK, TINY_TITOK)
 
 
 def test_import_released_file_strict(tmp_path):

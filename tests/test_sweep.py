@@ -3,8 +3,7 @@
 import json
 
 from training.checkpoint import load_checkpoint, save_checkpoint
-from training.classifier import FMNISTClassifier, save_classifier
-from training.models import GeneratorConfig, TiTokConfig, build_model
+from training.models import FMNISTClassifier, GeneratorConfig, TiTokConfig, build_model
 from training.sweep_sampling import choose, main
 
 
@@ -33,7 +32,7 @@ def test_sweep_writes_best_defaults(tmp_path):
     )
     save_checkpoint(build_model(tok), tmp_path / "tok")
     save_checkpoint(build_model(gen), tmp_path / "gen")
-    save_classifier(FMNISTClassifier().eval(), tmp_path / "clf")
+    save_checkpoint(FMNISTClassifier().eval(), tmp_path / "clf")
     rows = main(
         [
             "--tokenizer",

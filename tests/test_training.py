@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
-from training.classifier import FMNISTClassifier, save_classifier
+from training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
+from training.data import FASHION_MNIST_CLASSES
+from training.models import FMNISTClassifier
 from training.train import load_config, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def runs(tmp_path_factory):
     """Each recipe for a few steps, chained as in the real pipeline (teacher -> stage 1 -> stage 2 -> generator)."""
     tmp = tmp_path_factory.mktemp("runs")
     tiny = f"model_overrides={TINY_TITOK}".replace(" ", "")
-    save_classifier(FMNISTClassifier().eval(), tmp / "classifier")  # an untrained one is enough for the plumbing
+    save_checkpoint(FMNISTClassifier().eval(), tmp / "classifier")  # an untrained one is enough for the plumbing
     run(
         tmp,
         "tokenizer",
@@ -84,6 +85,8 @@ def test_each_recipe_writes_a_checkpoint_that_loads(runs, name):
     rows = losses(runs / name)
     assert len(rows) >= 3 and all(torch.isfinite(torch.tensor(float(v))) for v in rows)
     assert (runs / name / "state.pt").is_file()
+    _, metadata = read_checkpoint_config(runs / name / "checkpoint")
+    assert metadata["class_names"] == list(FASHION_MNIST_CLASSES)  # what export names the classes
 
 
 def test_proxy_stages_share_the_teacher(runs):

@@ -45,9 +45,14 @@ def read_checkpoint_config(folder: str | Path) -> tuple:
     return config_from_dict(doc["model"]), doc.get("metadata", {})
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly; eval mode."""
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu", kind: str | None = None) -> nn.Module:
+    """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly; eval mode.
+
+    ``kind`` (e.g. "fmnist-classifier") refuses a checkpoint of another kind of model with a clear error.
+    """
     config, _ = read_checkpoint_config(folder)
+    if kind is not None and config.kind != kind:
+        raise CheckpointError(f"{folder} holds a {config.kind} model, not a {kind}")
     weights = Path(folder) / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{folder} has no {WEIGHTS_FILE}")

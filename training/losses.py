@@ -12,7 +12,7 @@ class PerceptualLoss(nn.Module):
     """Distance between channel-normalised feature maps of a frozen network (LPIPS-style, no learned weights).
 
     No pretrained network can be downloaded here, so the features come from the Fashion-MNIST classifier
-    trained in this repository (``training.classifier``) or any module with ``feature_maps(x) -> [maps]``.
+    trained in this repository (``training.models.FMNISTClassifier``) or any module with ``feature_maps(x) -> [maps]``.
     """
 
     def __init__(self, net: nn.Module):
@@ -58,13 +58,13 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
-def arccos_mask(tokens: torch.Tensor, mask_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def arccos_mask(tokens: torch.Tensor, mask_id: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """MaskGIT training mask: ratio arccos(U)/(pi/2) per sequence, at least one token. -> (masked ids, mask)."""
     b, n = tokens.shape
-    u = torch.rand(b, generator=generator, device=tokens.device)
+    u = torch.rand(b, generator=rng, device=tokens.device)
     ratio = torch.acos(u) / (math.pi / 2)  # (B,) in (0, 1]
     count = (ratio * n).round().clamp(min=1)  # (B,)
-    order = torch.rand(b, n, generator=generator, device=tokens.device).argsort(dim=1).argsort(dim=1)  # ranks
+    order = torch.rand(b, n, generator=rng, device=tokens.device).argsort(dim=1).argsort(dim=1)  # ranks
     mask = order < count[:, None]  # (B, N)
     return torch.where(mask, torch.full_like(tokens, mask_id), tokens), mask
 

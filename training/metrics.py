@@ -11,13 +11,14 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
+from .models.blocks import to_unit_float
+
 
 def _pair64(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Check shapes and convert both images to float64 in [0, 1] (uint8 is divided by 255)."""
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"need two (B, C, H, W) tensors of one shape: {tuple(a.shape)}, {tuple(b.shape)}")
-    a, b = (x.double() / 255.0 if x.dtype == torch.uint8 else x.double() for x in (a, b))
-    return a, b
+    return to_unit_float(a, torch.float64), to_unit_float(b, torch.float64)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,15 @@ vqgan          the 2D MaskGIT-VQGAN teacher
 proxy-stage1   two-stage TiTok, stage 1: predict the teacher's codes (computed once, cached)
 proxy-stage2   two-stage TiTok, stage 2: encoder and quantizer frozen, decoder + pixel decoder in pixels
 generator      the MaskGIT generator on token sequences cached from a tokenizer
+
+Each recipe is a plain function ``(RunInputs) -> Run``: it loads what it depends on (teacher, stage-1
+checkpoint, tokenizer) explicitly, builds the model, and composes the loss from small parts (``PixelLosses`` for
+reconstruction in pixels, ``Codebook`` for code restarts). The order of the random draws (model init, then
+networks loaded or built for the losses) is the order of the lines, so seeded runs are reproducible.
 """
 
-from dataclasses import fields, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -16,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import load_checkpoint
-from .classifier import load_classifier
+from .inference import map_batches
 from .losses import (
     PatchDiscriminator,
     PerceptualLoss,
@@ -25,69 +31,56 @@ from .losses import (
     hinge_g_loss,
     masked_token_loss,
 )
-from .models import MaskGITVQGAN, TiTok, build_model, get_config
+from .models import MaskGITVQGAN, ModelConfig, TiTok, build_model, check_pair, get_config, strict_fields
+from .models.blocks import to_unit_float
+from .models.quantizer import VectorQuantizer
+
+LossFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict]]  # (batch indices, step) -> (loss, logs)
 
 
-@torch.no_grad()
-def _batched(fn, x: torch.Tensor, device: torch.device, batch: int = 256) -> torch.Tensor:
-    return torch.cat([fn(x[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)])
+@dataclass
+class RunInputs:
+    """What every recipe starts from: the settings, the whole data set in memory, the device and the random stream
+    of the recipe's own draws (masks, class dropout, code restarts)."""
+
+    cfg: object  # train.TrainConfig
+    images: torch.Tensor  # uint8 (N, 3, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    device: torch.device
+    rng: torch.Generator
+
+    def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images at ``idx`` on the device, float (B, 3, H, W) in [0, 1]."""
+        return to_unit_float(self.images[idx].to(self.device))
 
 
-def _cached(path: Path, key: str, compute) -> torch.Tensor:
-    """Compute a tensor once per run folder (teacher codes, generator tokens) and reuse it on resume."""
-    if path.is_file():
-        return load_file(str(path))[key]
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.contiguous()}, str(path))
-    return value
+@dataclass
+class Codebook:
+    """A codebook the run trains: its usage is counted and unused codes move onto encoder outputs."""
+
+    quantizer: VectorQuantizer
+    latents: Callable[[torch.Tensor], torch.Tensor]  # batch indices -> the batch's encoder outputs (M, C)
 
 
-class Recipe:
-    """Base: owns the model, the data tensors and the loss; optionally a discriminator."""
+class PixelLosses:
+    """Reconstruction in pixel space: L2, + perceptual (a classifier's features), + hinge GAN after a start step."""
 
-    name = ""
-
-    def __init__(self, cfg, images: torch.Tensor, labels: torch.Tensor, device: torch.device, generator):
-        self.cfg, self.device, self.gen = cfg, device, generator
-        self.images, self.labels = images, labels
-        self.model = self.build_model()
-        self.disc: nn.Module | None = None
+    def __init__(self, inputs: RunInputs):
+        cfg = inputs.cfg
+        self.cfg, self.inputs = cfg, inputs
         self.perceptual: PerceptualLoss | None = None
+        self.disc: nn.Module | None = None
         self._fake: torch.Tensor | None = None
-
-    def build_model(self) -> nn.Module:
-        return build_model(self.model_config())
-
-    def model_config(self):
-        """The preset named by ``model`` with ``model_overrides`` applied (and validated again)."""
-        cfg = get_config(self.cfg.model)
-        unknown = sorted(set(self.cfg.model_overrides or {}) - {f.name for f in fields(cfg)})
-        if unknown:
-            raise ValueError(f"model_overrides: {type(cfg).__name__} has no fields {unknown}")
-        return replace(cfg, **(self.cfg.model_overrides or {}))
-
-    def num_items(self) -> int:
-        return len(self.images)
-
-    def trainable(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
-
-    def loss(self, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        raise NotImplementedError
-
-    # -- shared pixel-space losses (reconstruction, perceptual, adversarial) ------------------------
-
-    def setup_pixel_losses(self):
-        cfg = self.cfg
         if cfg.perceptual_weight > 0:
             if not cfg.perceptual_net:
                 raise ValueError("perceptual_weight > 0 needs perceptual_net: a classifier checkpoint folder")
-            self.perceptual = PerceptualLoss(load_classifier(cfg.perceptual_net)).to(self.device)
+            classifier = load_checkpoint(cfg.perceptual_net, kind="fmnist-classifier")
+            self.perceptual = PerceptualLoss(classifier).to(inputs.device)
         if cfg.adversarial_weight > 0:
-            self.disc = PatchDiscriminator().to(self.device)
+            self.disc = PatchDiscriminator().to(inputs.device)
 
-    def pixel_loss(self, recon: torch.Tensor, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+    def __call__(self, recon: torch.Tensor, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """The generator-side loss of a reconstruction ``recon`` of ``x``; remembers ``recon`` for the discriminator."""
         l2 = F.mse_loss(recon, x)
         total, logs = l2, {"l2": l2.item()}
         if self.perceptual is not None:
@@ -105,159 +98,184 @@ class Recipe:
         """Hinge loss on the real batch and the last reconstruction; None before ``adversarial_start``."""
         if self.disc is None or step < self.cfg.adversarial_start or self._fake is None:
             return None
-        real = self.batch_images(idx)
-        return hinge_d_loss(self.disc(real), self.disc(self._fake))
-
-    def batch_images(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.images[idx].to(self.device).float() / 255.0  # (B, 3, H, W) in [0, 1]
-
-    # -- codebook restarts ----------------------------------------------------------------------------
-
-    def quantizer(self):
-        """The codebook whose unused codes are restarted, if the recipe trains one."""
-        return None
-
-    def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs (M, C) that unused codes move onto."""
-        raise NotImplementedError
+        return hinge_d_loss(self.disc(self.inputs.batch_images(idx)), self.disc(self._fake))
 
 
-class _CodebookRecipe(Recipe):
-    """Recipes that train a codebook: its usage is tracked and unused codes move onto encoder outputs."""
+@dataclass
+class Run:
+    """What the loop needs from a recipe."""
 
-    def quantizer(self):
-        return self.model.quantize
+    model: nn.Module
+    loss: LossFn
+    num_items: int
+    pixel: PixelLosses | None = None  # its discriminator (if any) trains beside the model
+    codebook: Codebook | None = None
 
-    def latents(self, x):
-        z = self.model.encode_latents(x) if isinstance(self.model, TiTok) else self.model.encoder(x)  # (B, C, h, w)
+    @property
+    def disc(self) -> nn.Module | None:
+        return self.pixel.disc if self.pixel is not None else None
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parts
+# ---------------------------------------------------------------------------------------------------
+
+
+def model_config(cfg) -> ModelConfig:
+    """The preset named by ``model`` with ``model_overrides`` applied (and validated again)."""
+    preset = get_config(cfg.model)
+    overrides = strict_fields(type(preset), cfg.model_overrides or {}, f"model_overrides of {type(preset).__name__}")
+    return replace(preset, **overrides)
+
+
+def _cached(path: Path, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Compute a tensor once per run folder (teacher codes, generator tokens) and reuse it on resume."""
+    if path.is_file():
+        return load_file(str(path))[key]
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous()}, str(path))
+    return value
+
+
+@torch.no_grad()
+def _encode_all(encode: Callable[[torch.Tensor], torch.Tensor], inputs: RunInputs) -> torch.Tensor:
+    """Token or code ids of every image, (N, T) on the CPU."""
+    return map_batches(encode, inputs.images, 256, inputs.device)
+
+
+def _codebook(model: nn.Module, inputs: RunInputs) -> Codebook:
+    """The model's own codebook; TiTok's encoder outputs (B, C, 1, N), the VQGAN's (B, C, h, w)."""
+
+    def latents(idx: torch.Tensor) -> torch.Tensor:
+        x = inputs.batch_images(idx)
+        z = model.encode_latents(x) if isinstance(model, TiTok) else model.encoder(x)  # (B, C, h, w)
         return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (M, C)
 
+    return Codebook(model.quantize, latents)
 
-class _PixelRecipe(_CodebookRecipe):
-    """Tokenizers trained end to end in pixel space: L2 (+ perceptual, + GAN) + quantizer loss."""
 
-    def loss(self, idx, step):
-        x = self.batch_images(idx)
-        recon, info = self.model(x)
-        total, logs = self.pixel_loss(recon, x, step)
+def _pixel_run(model: nn.Module, inputs: RunInputs) -> Run:
+    """A tokenizer trained end to end in pixels: pixel losses + the quantizer's loss, codes restarted."""
+    pixel = PixelLosses(inputs)
+
+    def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        x = inputs.batch_images(idx)
+        recon, info = model(x)
+        total, logs = pixel(recon, x, step)
         logs["quantizer"] = info["quantizer_loss"].item()
         return total + info["quantizer_loss"], {**logs, "indices": info["indices"]}
 
+    return Run(model, loss, len(inputs.images), pixel=pixel, codebook=_codebook(model, inputs))
 
-class TokenizerRecipe(_PixelRecipe):
+
+# ---------------------------------------------------------------------------------------------------
+# The recipes
+# ---------------------------------------------------------------------------------------------------
+
+
+def tokenizer_recipe(inputs: RunInputs) -> Run:
     """Single-stage TiTok (and the 2D ablation)."""
-
-    name = "tokenizer"
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        if not isinstance(self.model, TiTok) or self.model.config.decoder_head != "pixel":
-            raise ValueError("recipe 'tokenizer' trains a TiTok with decoder_head 'pixel'")
-        self.setup_pixel_losses()
+    model = build_model(model_config(inputs.cfg))
+    if not isinstance(model, TiTok) or model.config.decoder_head != "pixel":
+        raise ValueError("recipe 'tokenizer' trains a TiTok with decoder_head 'pixel'")
+    return _pixel_run(model, inputs)
 
 
-class VQGANRecipe(_PixelRecipe):
+def vqgan_recipe(inputs: RunInputs) -> Run:
     """The 2D MaskGIT-VQGAN teacher."""
-
-    name = "vqgan"
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        if not isinstance(self.model, MaskGITVQGAN):
-            raise ValueError("recipe 'vqgan' trains a MaskGIT-VQGAN preset")
-        self.setup_pixel_losses()
+    model = build_model(model_config(inputs.cfg))
+    if not isinstance(model, MaskGITVQGAN):
+        raise ValueError("recipe 'vqgan' trains a MaskGIT-VQGAN preset")
+    return _pixel_run(model, inputs)
 
 
-class ProxyStage1Recipe(_CodebookRecipe):
+def proxy_stage1_recipe(inputs: RunInputs) -> Run:
     """Two-stage TiTok, stage 1: cross-entropy against the teacher's codes + quantizer loss."""
+    cfg = inputs.cfg
+    if not cfg.teacher:
+        raise ValueError("recipe 'proxy-stage1' needs teacher: a vqgan checkpoint folder")
+    teacher = load_checkpoint(cfg.teacher, kind="vqgan")
+    student = model_config(cfg)
+    if student.decoder_head != "proxy":
+        raise ValueError("recipe 'proxy-stage1' trains a TiTok with decoder_head 'proxy'")
+    model = build_model(replace(student, pixel_vqgan=teacher.config))  # the proxy head predicts the teacher's codes
+    model.pixel_decoder.load_state_dict(teacher.decoder.state_dict())
+    model.pixel_quantize.load_state_dict(teacher.quantize.state_dict())
+    for m in (model.pixel_decoder, model.pixel_quantize):
+        m.requires_grad_(False)
+    teacher = teacher.to(inputs.device)
+    codes = _cached(
+        Path(cfg.out) / "teacher_codes.safetensors", "codes", lambda: _encode_all(teacher.encode, inputs)
+    )  # (N, g*g)
 
-    name = "proxy-stage1"
-
-    def model_config(self):
-        if not self.cfg.teacher:
-            raise ValueError("recipe 'proxy-stage1' needs teacher: a vqgan checkpoint folder")
-        self.teacher = load_checkpoint(self.cfg.teacher)
-        cfg = super().model_config()
-        if cfg.decoder_head != "proxy":
-            raise ValueError("recipe 'proxy-stage1' trains a TiTok with decoder_head 'proxy'")
-        return replace(cfg, pixel_vqgan=self.teacher.config)  # the proxy head predicts the teacher's codes
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        teacher = self.teacher
-        self.model.pixel_decoder.load_state_dict(teacher.decoder.state_dict())
-        self.model.pixel_quantize.load_state_dict(teacher.quantize.state_dict())
-        for m in (self.model.pixel_decoder, self.model.pixel_quantize):
-            m.requires_grad_(False)
-        teacher = teacher.to(self.device)
-        self.codes = _cached(
-            Path(self.cfg.out) / "teacher_codes.safetensors",
-            "codes",
-            lambda: _batched(teacher.encode, self.images, self.device),
-        )  # (num_items, g*g)
-
-    def loss(self, idx, step):
-        x = self.batch_images(idx)
-        logits, info = self.model(x)  # (B, K, g, g)
-        ce = F.cross_entropy(logits.flatten(2), self.codes[idx].to(self.device))
+    def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        x = inputs.batch_images(idx)
+        logits, info = model(x)  # (B, K, g, g)
+        ce = F.cross_entropy(logits.flatten(2), codes[idx].to(inputs.device))
         logs = {"ce": ce.item(), "quantizer": info["quantizer_loss"].item(), "indices": info["indices"]}
         return ce + info["quantizer_loss"], logs
 
+    return Run(model, loss, len(inputs.images), codebook=_codebook(model, inputs))
 
-class ProxyStage2Recipe(Recipe):
+
+def proxy_stage2_recipe(inputs: RunInputs) -> Run:
     """Two-stage TiTok, stage 2: frozen encoder/quantizer; decoder + pixel decoder trained in pixel space."""
+    if not inputs.cfg.init:
+        raise ValueError("recipe 'proxy-stage2' needs init: the stage-1 checkpoint folder")
+    model = load_checkpoint(inputs.cfg.init)  # weights and config of stage 1
+    model.freeze_encoder()
+    model.pixel_quantize.requires_grad_(False)
+    pixel = PixelLosses(inputs)
 
-    name = "proxy-stage2"
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.model.freeze_encoder()
-        self.model.pixel_quantize.requires_grad_(False)
-        self.setup_pixel_losses()
-
-    def build_model(self):
-        if not self.cfg.init:
-            raise ValueError("recipe 'proxy-stage2' needs init: the stage-1 checkpoint folder")
-        return load_checkpoint(self.cfg.init)  # weights and config of stage 1
-
-    def loss(self, idx, step):
-        x = self.batch_images(idx)
+    def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        x = inputs.batch_images(idx)
         with torch.no_grad():
-            zq, _, _ = self.model.quantize(self.model.encode_latents(x))
-        return self.pixel_loss(self.model.decode(zq), x, step)
+            zq, _, _ = model.quantize(model.encode_latents(x))
+        return pixel(model.decode(zq), x, step)
+
+    return Run(model, loss, len(inputs.images), pixel=pixel)
 
 
-class GeneratorRecipe(Recipe):
+def generator_recipe(inputs: RunInputs) -> Run:
     """MaskGIT on cached token sequences: arccos masking, class dropout, label smoothing."""
+    cfg, device, rng = inputs.cfg, inputs.device, inputs.rng
+    model = build_model(model_config(cfg))
+    if not cfg.tokenizer:
+        raise ValueError("recipe 'generator' needs tokenizer: the tokenizer checkpoint folder")
+    tokenizer = load_checkpoint(cfg.tokenizer).to(device)
+    check_pair(tokenizer.config, model.config)
+    tokens = _cached(
+        Path(cfg.out) / "tokens.safetensors", "tokens", lambda: _encode_all(tokenizer.encode, inputs)
+    )  # (N, T)
+    g = model.config
 
-    name = "generator"
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        if not self.cfg.tokenizer:
-            raise ValueError("recipe 'generator' needs tokenizer: the tokenizer checkpoint folder")
-        tok = load_checkpoint(self.cfg.tokenizer).to(self.device)
-        g = self.model.config
-        if (tok.config.codebook_size, tok.config.num_tokens) != (g.codebook_size, g.seq_len):
-            raise ValueError(
-                f"tokenizer has {tok.config.num_tokens} tokens over {tok.config.codebook_size} codes but the "
-                f"generator expects {g.seq_len} over {g.codebook_size}"
-            )
-        self.tokens = _cached(
-            Path(self.cfg.out) / "tokens.safetensors", "tokens", lambda: _batched(tok.encode, self.images, self.device)
-        )  # (num_items, N)
-
-    def loss(self, idx, step):
-        cfg, g = self.cfg, self.model.config
-        tokens = self.tokens[idx].to(self.device)
-        labels = self.labels[idx].to(self.device)
-        drop = torch.rand(len(idx), generator=self.gen, device=self.device) < cfg.class_dropout
+    def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        targets = tokens[idx].to(device)
+        labels = inputs.labels[idx].to(device)
+        drop = torch.rand(len(idx), generator=rng, device=device) < cfg.class_dropout
         labels = torch.where(drop, torch.full_like(labels, g.null_class_id), labels)
-        inputs, mask = arccos_mask(tokens, g.mask_id, self.gen)
-        logits = self.model(inputs, labels)  # (B, N, K)
-        loss = masked_token_loss(logits, tokens, mask, cfg.label_smoothing, cfg.unmasked_weight)
-        acc = (logits.argmax(-1) == tokens)[mask].float().mean()
-        return loss, {"ce": loss.item(), "masked_acc": acc.item()}
+        masked, mask = arccos_mask(targets, g.mask_id, rng)
+        logits = model(masked, labels)  # (B, N, K)
+        ce = masked_token_loss(logits, targets, mask, cfg.label_smoothing, cfg.unmasked_weight)
+        acc = (logits.argmax(-1) == targets)[mask].float().mean()
+        return ce, {"ce": ce.item(), "masked_acc": acc.item()}
+
+    return Run(model, loss, len(inputs.images))
 
 
-RECIPES = {r.name: r for r in (TokenizerRecipe, VQGANRecipe, ProxyStage1Recipe, ProxyStage2Recipe, GeneratorRecipe)}
+RECIPES: dict[str, Callable[[RunInputs], Run]] = {
+    "tokenizer": tokenizer_recipe,
+    "vqgan": vqgan_recipe,
+    "proxy-stage1": proxy_stage1_recipe,
+    "proxy-stage2": proxy_stage2_recipe,
+    "generator": generator_recipe,
+}
+
+
+def build_run(inputs: RunInputs) -> Run:
+    """The run of ``inputs.cfg.recipe``."""
+    return RECIPES[inputs.cfg.recipe](inputs)

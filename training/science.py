@@ -1,22 +1,25 @@
-"""The tokenizer comparisons of docs/science.md: tables and a plot from ``python -m training.evaluate`` JSON files.
+"""The tokenizer comparisons of docs/science.md: tables and a plot from ``python -m training evaluate`` JSON files.
 
-    python -m training.science docs/results-1d-8.json docs/results-1d-16.json docs/results-tokenizer.json \\
+    python -m training science docs/results-1d-8.json docs/results-1d-16.json docs/results-tokenizer.json \\
         docs/results-1d-64.json docs/results-2d-16.json docs/results-2d-64.json docs/results-two-stage-32.json \\
         --plot docs/token-budget.png
 
-Each file is one evaluated tokenizer; its layout (1D or 2D), token count and decoder head (pixel: single-stage,
-proxy: two-stage) come from the model description the evaluation wrote. Prints three Markdown tables: the 1D
-token budget, 1D vs 2D at equal token counts, and single- vs two-stage at equal token counts.
+Each file is one evaluated tokenizer; its layout (1D or 2D), token count and recipe (single-stage, or two-stage
+through a teacher's proxy codes) are the fields ``kind``, ``layout``, ``num_tokens`` and ``recipe`` the evaluation
+writes (``training.evaluation.structure``). The files in docs/ written before those fields existed were given them
+once, from the model description of the same entry. Prints three Markdown tables: the 1D token budget, 1D vs 2D at
+equal token counts, and single- vs two-stage at equal token counts.
 """
 
 import argparse
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-_DESCRIPTION = re.compile(r"TiTok (?P<layout>1D|2D)\b.*?, (?P<tokens>\d+) tokens, (?P<head>\w+) head")
+from .report import markdown_table
+
+_RECIPE_LABELS = {"single-stage": "single-stage", "two-stage": "two-stage (proxy codes)"}
 # (label, attribute, format, higher is better)
 _METRICS = (
     ("PSNR dB", "psnr", "{:.2f}", True),
@@ -33,7 +36,7 @@ class Tokenizer:
     source: str
     layout: str  # "1D" or "2D"
     tokens: int
-    head: str  # "pixel" (single-stage) or "proxy" (two-stage)
+    recipe: str  # "single-stage" or "two-stage"
     psnr: float
     ssim: float
     rfid: float
@@ -41,24 +44,23 @@ class Tokenizer:
     codebook_used: float
 
     @property
-    def recipe(self) -> str:
-        return "two-stage (proxy codes)" if self.head == "proxy" else "single-stage"
+    def recipe_label(self) -> str:
+        return _RECIPE_LABELS[self.recipe]
 
 
 def load(path: str | Path) -> Tokenizer:
     """A tokenizer's numbers from an evaluation JSON (needs --classifier and a linear probe)."""
     data = json.loads(Path(path).read_text())
     rec = data["reconstruction"]["tokenizer"]
-    match = _DESCRIPTION.match(rec["model"])
-    if match is None:
-        raise ValueError(f"{path}: not a TiTok evaluation ({rec['model']!r})")
+    if rec.get("kind") != "titok":
+        raise ValueError(f"{path}: not a TiTok evaluation (kind {rec.get('kind')!r}: {rec.get('model')!r})")
     if "rfid" not in rec or "linear_probe" not in data:
         raise ValueError(f"{path}: evaluate with --classifier and --probe-train > 0")
     return Tokenizer(
         source=str(path),
-        layout=match["layout"],
-        tokens=int(match["tokens"]),
-        head=match["head"],
+        layout=rec["layout"],
+        tokens=rec["num_tokens"],
+        recipe=rec["recipe"],
         psnr=rec["psnr"],
         ssim=rec["ssim"],
         rfid=rec["rfid"],
@@ -69,18 +71,18 @@ def load(path: str | Path) -> Tokenizer:
 
 def _table(rows: list[Tokenizer], keys: list[tuple[str, Callable[[Tokenizer], object]]]) -> str:
     header = [k for k, _ in keys] + [m[0] for m in _METRICS] + ["codes used"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(keys) + "---:|" * (len(_METRICS) + 1)]
-    for t in rows:
-        cells = [str(fn(t)) for _, fn in keys]
-        cells += [fmt.format(getattr(t, attr)) for _, attr, fmt, _ in _METRICS]
-        cells.append(f"{t.codebook_used:.1%}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [str(fn(t)) for _, fn in keys]
+        + [fmt.format(getattr(t, attr)) for _, attr, fmt, _ in _METRICS]
+        + [f"{t.codebook_used:.1%}"]
+        for t in rows
+    ]
+    return markdown_table(header, cells, "l" * len(keys) + "r" * (len(_METRICS) + 1))
 
 
 def token_budget(tokenizers: list[Tokenizer]) -> str:
     """The single-stage 1D tokenizers by token count."""
-    rows = sorted((t for t in tokenizers if t.layout == "1D" and t.head == "pixel"), key=lambda t: t.tokens)
+    rows = sorted((t for t in tokenizers if t.layout == "1D" and t.recipe == "single-stage"), key=lambda t: t.tokens)
     return _table(rows, [("tokens", lambda t: t.tokens)])
 
 
@@ -93,14 +95,14 @@ def _pairs(tokenizers: list[Tokenizer], keep, differ) -> list[Tokenizer]:
 
 def one_vs_two_d(tokenizers: list[Tokenizer]) -> str:
     """1D and 2D single-stage tokenizers at the token counts both have."""
-    rows = _pairs(tokenizers, lambda t: t.head == "pixel", lambda t: t.layout)
+    rows = _pairs(tokenizers, lambda t: t.recipe == "single-stage", lambda t: t.layout)
     return _table(rows, [("tokens", lambda t: t.tokens), ("layout", lambda t: t.layout)])
 
 
 def one_vs_two_stage(tokenizers: list[Tokenizer]) -> str:
     """Single- and two-stage 1D tokenizers at the token counts both have."""
-    rows = _pairs(tokenizers, lambda t: t.layout == "1D", lambda t: t.head)
-    return _table(rows, [("tokens", lambda t: t.tokens), ("recipe", lambda t: t.recipe)])
+    rows = _pairs(tokenizers, lambda t: t.layout == "1D", lambda t: t.recipe)
+    return _table(rows, [("tokens", lambda t: t.tokens), ("recipe", lambda t: t.recipe_label)])
 
 
 def plot(tokenizers: list[Tokenizer], out: str | Path) -> None:
@@ -111,9 +113,9 @@ def plot(tokenizers: list[Tokenizer], out: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     series = [
-        ("1D, single-stage", lambda t: t.layout == "1D" and t.head == "pixel", dict(marker="o", linestyle="-")),
-        ("2D grid, single-stage", lambda t: t.layout == "2D", dict(marker="s", linestyle="--")),
-        ("1D, two-stage", lambda t: t.layout == "1D" and t.head == "proxy", dict(marker="^", linestyle="none")),
+        ("1D, single-stage", lambda t: t.layout == "1D" and t.recipe == "single-stage", dict(marker="o", ls="-")),
+        ("2D grid, single-stage", lambda t: t.layout == "2D", dict(marker="s", ls="--")),
+        ("1D, two-stage", lambda t: t.layout == "1D" and t.recipe == "two-stage", dict(marker="^", ls="none")),
     ]
     counts = sorted({t.tokens for t in tokenizers})
     fig, axes = plt.subplots(1, len(_METRICS), figsize=(4 * len(_METRICS), 3.4), layout="constrained")
@@ -134,8 +136,10 @@ def plot(tokenizers: list[Tokenizer], out: str | Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="JSON files of python -m training.evaluate, one per tokenizer")
+    p = argparse.ArgumentParser(
+        prog="python -m training science", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("results", nargs="+", help="JSON files of python -m training evaluate, one per tokenizer")
     p.add_argument("--plot", help="write the metrics-vs-tokens figure (PNG) here")
     args = p.parse_args(argv)
     tokenizers = [load(path) for path in args.results]
@@ -147,7 +151,3 @@ def main(argv=None) -> int:
         plot(tokenizers, args.plot)
         print(f"\nwrote {args.plot}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,9 +1,10 @@
 """Sampling-settings grid for a generator: gFID, IS and class accuracy per (steps, guidance, temperature).
 
-    python -m training.sweep_sampling --tokenizer DIR --generator DIR --classifier DIR \\
+    python -m training sweep --tokenizer DIR --generator DIR --classifier DIR \\
         --steps 8 --guidance 1,2,4 --temperature 1,2,4.5 --num-per-class 50 [--write-defaults]
 
-Every cell uses the service's sampler (through ``evaluate_generation``) with the same seeds. ``--write-defaults``
+Every cell uses the service's sampler (through ``evaluate_generation``) with the same seeds; the real images of
+the FID statistics are the Fashion-MNIST test split under ``--data-root``. ``--write-defaults``
 stores the best cell (the lowest gFID within ``--accuracy-tolerance`` of the best class accuracy) as the generator
 checkpoint's sampling defaults, which the export copies into the manifest, so the service serves what was
 measured best.
@@ -17,9 +18,11 @@ from pathlib import Path
 from titok_core.sampler import SamplingSettings
 
 from .checkpoint import CONFIG_FILE, load_checkpoint
-from .classifier import load_classifier
-from .data import load_fashion_mnist
-from .evaluate import FID_NOTE, evaluate_generation
+from .data import FASHION_MNIST_DIR, load_fashion_mnist
+from .evaluation import FID_NOTE, evaluate_generation
+from .report import markdown_row, markdown_table
+
+HEADER = ["steps", "guidance", "temperature", "gFID*", "IS*", "class acc."]
 
 
 def _floats(text: str) -> list[float]:
@@ -43,10 +46,8 @@ def sweep(generator, tokenizer, classifier, real, steps, guidance, temperature, 
                 "class_accuracy": r["class_accuracy"],
             }
         )
-        print(
-            f"| {s} | {g:g} | {t:g} | {r['gfid']:.3f} | {r['inception_score']:.2f} | {r['class_accuracy']:.3f} |",
-            flush=True,
-        )
+        cells = [s, f"{g:g}", f"{t:g}", f"{r['gfid']:.3f}", f"{r['inception_score']:.2f}", f"{r['class_accuracy']:.3f}"]
+        print(markdown_row(cells), flush=True)  # a row per cell as it is done: a sweep takes a while
     return rows
 
 
@@ -73,7 +74,9 @@ def write_defaults(generator_dir: str | Path, best: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--generator", required=True)
     p.add_argument("--classifier", required=True)
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--temperature", default="1,2,4.5")
     p.add_argument("--schedule", default="linear")
     p.add_argument("--num-per-class", type=int, default=50)
+    p.add_argument("--data-root", default=str(FASHION_MNIST_DIR), help="Fashion-MNIST folder (default: %(default)s)")
     p.add_argument("--num-test", type=int, default=10000, help="real test images for the FID statistics")
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument("--write-defaults", action="store_true")
@@ -93,9 +97,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     args = p.parse_args(argv)
     tokenizer, generator = load_checkpoint(args.tokenizer), load_checkpoint(args.generator)
-    classifier = load_classifier(args.classifier)
-    real, _ = load_fashion_mnist("test", limit=args.num_test)
-    print("| steps | guidance | temperature | gFID* | IS* | class acc. |\n|---|---|---|---|---|---|")
+    classifier = load_checkpoint(args.classifier, kind="fmnist-classifier")
+    real, _ = load_fashion_mnist("test", root=args.data_root, limit=args.num_test)
+    print(f"Real images: the Fashion-MNIST test split, {len(real)} images from {args.data_root}\n")
+    print(markdown_table(HEADER, []))
     rows = sweep(
         generator,
         tokenizer,
@@ -116,7 +121,3 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_defaults(args.generator, best)
         print(f"wrote the best settings into {args.generator}/{CONFIG_FILE}")
     return rows
-
-
-if __name__ == "__main__":
-    main()

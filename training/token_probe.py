@@ -1,13 +1,14 @@
 """What a 1D tokenizer's tokens hold: reconstructions from the first k tokens, and single tokens swapped.
 
-    python -m training.token_probe --tokenizer checkpoints/titok-fmnist/tokenizer --out-dir docs
+    python -m training token-probe --tokenizer checkpoints/titok-fmnist/tokenizer --out-dir docs
 
 - First k: every token after the k-th is replaced by one fixed filler token (the code used most often on the test
   set, a "typical" token), then decoded; PSNR against the original image per k, over ``--num-test`` test images,
   and a picture (rows: images; columns: k).
 - Swaps: for pairs of test images (A, B), A with its token at position p replaced by B's, for every p; the mean
   pixel change per position tells which positions carry the most, and a picture shows A, B and a few swaps.
-Writes ``tokens-first-k.png``, ``tokens-swap.png`` and ``tokens.json`` (the tables), and prints the tables.
+The images are the Fashion-MNIST test split under ``--data-root``. Writes ``tokens-first-k.png``,
+``tokens-swap.png`` and ``tokens.json`` (the tables), and prints the tables.
 """
 
 import argparse
@@ -17,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import load_checkpoint
-from training.data import load_fashion_mnist
-from training.evaluate import decode, reconstruct, save_grid
-from training.metrics import psnr
+from .checkpoint import load_checkpoint
+from .data import FASHION_MNIST_DIR, load_fashion_mnist
+from .evaluation import decode, reconstruct
+from .metrics import psnr
+from .models.blocks import to_unit_float
+from .report import markdown_table, save_grid
 
 KS = (0, 1, 2, 4, 8, 12, 16, 24, 32)
 
@@ -48,17 +51,17 @@ def _enlarged(images: torch.Tensor, scale: int) -> torch.Tensor:
 def run(args) -> dict:
     torch.manual_seed(0)
     tokenizer = load_checkpoint(args.tokenizer).eval()
-    images, _ = load_fashion_mnist("test", limit=args.num_test)
+    images, _ = load_fashion_mnist("test", root=args.data_root, limit=args.num_test)
     tokens, _ = reconstruct(tokenizer, images)
     n = tokens.shape[1]
     filler = int(torch.bincount(tokens.flatten()).argmax())
-    real = images.float() / 255
+    real = to_unit_float(images)
     ks = [k for k in KS if k <= n]
 
     psnr_by_k = {}
     for k in ks:
         recon = decode(tokenizer, first_k(tokens, k, filler))
-        psnr_by_k[k] = float(psnr(recon.float() / 255, real).mean())
+        psnr_by_k[k] = float(psnr(to_unit_float(recon), real).mean())
     shown = torch.arange(args.num_shown)
     cells = [decode(tokenizer, first_k(tokens[shown], k, filler)) for k in ks]
     grid = torch.stack([images[shown], *cells], dim=1).flatten(0, 1)  # per image: original, then each k
@@ -83,6 +86,7 @@ def run(args) -> dict:
 
     result = {
         "tokenizer": str(args.tokenizer),
+        "data_root": str(args.data_root),
         "num_test": len(images),
         "filler_token": filler,
         "psnr_first_k": psnr_by_k,
@@ -95,18 +99,26 @@ def run(args) -> dict:
 
 def tables(result: dict) -> str:
     ks = result["psnr_first_k"]
-    lines = ["| first k tokens | " + " | ".join(str(k) for k in ks) + " |", "|---|" + "---:|" * len(ks)]
-    lines.append("| PSNR (dB) | " + " | ".join(f"{v:.2f}" for v in ks.values()) + " |")
+    first = markdown_table(
+        ["first k tokens", *map(str, ks)], [["PSNR (dB)", *(f"{v:.2f}" for v in ks.values())]], "l" + "r" * len(ks)
+    )
     change = result["swap_mean_abs_change_by_position"]
-    lines += ["", "| token position | " + " | ".join(str(p) for p in range(len(change))) + " |"]
-    lines += ["|---|" + "---:|" * len(change)]
-    lines.append("| mean pixel change (0-255) | " + " | ".join(f"{c:.1f}" for c in change) + " |")
-    return "\n".join(lines)
+    swaps = markdown_table(
+        ["token position", *map(str, range(len(change)))],
+        [["mean pixel change (0-255)", *(f"{c:.1f}" for c in change)]],
+        "l" + "r" * len(change),
+    )
+    return first + "\n\n" + swaps
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training token-probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tokenizer", required=True, help="a TiTok checkpoint folder")
+    p.add_argument("--data-root", default=str(FASHION_MNIST_DIR), help="Fashion-MNIST folder (default: %(default)s)")
     p.add_argument("--out-dir", default="docs")
     p.add_argument("--num-test", type=int, default=1000, help="test images for the PSNR table")
     p.add_argument("--num-pairs", type=int, default=100, help="image pairs for the swap table")
@@ -115,9 +127,6 @@ def main(argv=None) -> dict:
     p.add_argument("--scale", type=int, default=3, help="enlargement of the pictures")
     args = p.parse_args(argv)
     result = run(args)
+    print(f"Images: the Fashion-MNIST test split, {result['num_test']} images from {args.data_root}\n")
     print(tables(result))
     return result
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,8 @@ GPU, exact resume, a progress bar, CSV (and TensorBoard) metrics, and data paral
 Exact resume: the data order is a pure function of (seed, step), and the run state (weights, EMA, optimiser,
 scheduler, discriminator, codebook usage, random generators) is written to ``out/state.pt`` every
 ``ckpt_every`` steps; starting again with the same ``out`` continues where it stopped, step for step.
-The EMA weights are also written as a model checkpoint (``out/checkpoint``: safetensors + config.json).
+The EMA weights are also written as a model checkpoint (``out/checkpoint``: safetensors + config.json), whose
+metadata records the step, the recipe, the settings and the class names of the data set it was trained on.
 """
 
 import csv
@@ -15,7 +16,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,7 +26,8 @@ from torch import nn
 
 from .checkpoint import save_checkpoint
 from .data import build_dataset
-from .recipes import RECIPES
+from .models import strict_fields
+from .recipes import RECIPES, Run, RunInputs, build_run
 
 
 @dataclass
@@ -53,7 +55,7 @@ class TrainConfig:
     ckpt_every: int = 500
     codebook_restart_every: int = 200  # 0 turns it off
     perceptual_weight: float = 0.0
-    perceptual_net: str | None = None  # a classifier checkpoint folder (training.classifier)
+    perceptual_net: str | None = None  # a classifier checkpoint folder (python -m training classifier)
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     disc_lr: float = 1e-4
@@ -76,10 +78,7 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
             raise ValueError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         data[key] = yaml.safe_load(value)
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown training settings: {unknown}")
+    strict_fields(TrainConfig, data, "training settings")
     if "betas" in data:
         data["betas"] = tuple(data["betas"])
     cfg = TrainConfig(**data)
@@ -183,6 +182,83 @@ def truncate_metrics(out: Path, step: int):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Run state: what an exact resume needs
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """The moving parts of a run, saved to ``out/state.pt`` every ``ckpt_every`` steps and restored on resume."""
+
+    step: int
+    model: nn.Module
+    ema: EMA
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    rng: torch.Generator  # the recipe's draws (masks, class dropout, code restarts), one per rank
+    disc: nn.Module | None = None
+    disc_opt: torch.optim.Optimizer | None = None
+    usage: torch.Tensor | None = None  # code counts since the last restart
+
+    def save(self, path: Path, rank: int, world: int, device: torch.device) -> None:
+        """Rank 0 writes every rank's random states with the rest, atomically (a crash keeps the previous file)."""
+        rngs = _gather(self.rng.get_state().to(device), world)
+        torch_rngs = _gather(torch.get_rng_state().to(device), world)
+        if rank != 0:
+            return
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.shadow,
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "rng": [r.cpu() for r in rngs],
+            "torch_rng": [r.cpu() for r in torch_rngs],
+        }
+        if self.usage is not None:
+            state["usage"] = self.usage
+        if self.disc_opt is not None:
+            state["disc"], state["disc_opt"] = self.disc.state_dict(), self.disc_opt.state_dict()
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path, rank: int, device: torch.device) -> None:
+        """Everything back as it was at the saved step, this rank's random states included."""
+        state = torch.load(path, map_location=device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.ema.shadow = state["ema"]
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        if self.disc_opt is not None:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_opt"])
+        if self.usage is not None:
+            self.usage.copy_(state["usage"])
+        rngs = state["rng"] if "rng" in state else state["gen"]  # "gen": state files written before the rename
+        self.rng.set_state(rngs[rank].cpu())
+        torch.set_rng_state(state["torch_rng"][rank].cpu())
+        self.step = state["step"]
+
+
+def save_ema_checkpoint(state: TrainState, out: Path, metadata: dict) -> None:
+    """The EMA weights as a model checkpoint (``out/checkpoint``), without moving the random streams."""
+    model = state.model
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building must not move the RNG
+        snapshot = type(model)(model.config)
+    snapshot.load_state_dict(state.ema.shadow, assign=True)
+    save_checkpoint(snapshot, out / "checkpoint", metadata={"step": state.step, **metadata})
+
+
+def _gather(t: torch.Tensor, world: int) -> list[torch.Tensor]:
+    if world == 1:
+        return [t]
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t)
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------------
 
@@ -208,79 +284,80 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     dataset = build_dataset(cfg.data, "train", image_size=cfg.image_size, limit=cfg.data_limit)
     images, labels = _as_tensors(dataset)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # recipe randomness (masks, dropout)
-    recipe = RECIPES[cfg.recipe](cfg, images, labels, device, gen)
-    model = recipe.model.to(device)
-    params = recipe.trainable()
+    rng = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank)  # the recipe's draws, per rank
+    run = build_run(RunInputs(cfg, images, labels, device, rng))
+    model = run.model.to(device)
+    params = run.trainable()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
     disc_opt = None
-    if recipe.disc is not None:
-        disc_opt = torch.optim.AdamW(recipe.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
-    ema = EMA(model, cfg.ema_decay)
-    quantizer = recipe.quantizer()
-    usage = torch.zeros(quantizer.codebook_size, device=device) if quantizer is not None else None
+    if run.disc is not None:
+        disc_opt = torch.optim.AdamW(run.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.9), weight_decay=0.0)
+    codebook_size = run.codebook.quantizer.codebook_size if run.codebook is not None else None
+    state = TrainState(
+        step=0,
+        model=model,
+        ema=EMA(model, cfg.ema_decay),
+        opt=opt,
+        sched=torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg)),
+        rng=rng,
+        disc=run.disc,
+        disc_opt=disc_opt,
+        usage=torch.zeros(codebook_size, device=device) if codebook_size else None,
+    )
+    metadata = {
+        "recipe": cfg.recipe,
+        "train_config": _jsonable(asdict(cfg)),
+        "class_names": list(getattr(dataset, "classes", ())),
+    }
 
-    step = 0
     state_path = out / "state.pt"
     if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.shadow = state["ema"]
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        if disc_opt is not None:
-            recipe.disc.load_state_dict(state["disc"])
-            disc_opt.load_state_dict(state["disc_opt"])
-        if usage is not None:
-            usage.copy_(state["usage"])
-        gen.set_state(state["gen"][rank].cpu())
-        torch.set_rng_state(state["torch_rng"][rank].cpu())
-        step = state["step"]
+        state.load(state_path, rank, device)
         if rank == 0:
-            truncate_metrics(out, step)
-            print(f"resumed {out} at step {step}")
+            truncate_metrics(out, state.step)
+            print(f"resumed {out} at step {state.step}")
 
     log = MetricsLog(out) if rank == 0 else None
-    bar = _progress(cfg, step, rank)
+    bar = _progress(cfg, state.step, rank)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     per_rank = cfg.batch_size // world
     model.train()
     t0, seen, last = time.time(), 0, {}
     end = min(cfg.steps, cfg.stop_at or cfg.steps)
-    while step < end:
-        idx = global_batch(step, recipe.num_items(), cfg)[rank * per_rank : (rank + 1) * per_rank]
+    while state.step < end:
+        step = state.step
+        idx = global_batch(step, run.num_items, cfg)[rank * per_rank : (rank + 1) * per_rank]
         with autocast:
-            loss, logs = recipe.loss(idx, step)
+            loss, logs = run.loss(idx, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
             _all_reduce_grads(params, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip else torch.zeros(())
         opt.step()
-        sched.step()
-        if disc_opt is not None:
+        state.sched.step()
+        if state.disc_opt is not None:
             with autocast:
-                d_loss = recipe.discriminator_loss(idx, step)
+                d_loss = run.pixel.discriminator_loss(idx, step)
             if d_loss is not None:
-                disc_opt.zero_grad(set_to_none=True)
+                state.disc_opt.zero_grad(set_to_none=True)
                 d_loss.backward()
                 if world > 1:
-                    _all_reduce_grads(list(recipe.disc.parameters()), world)
-                disc_opt.step()
+                    _all_reduce_grads(list(state.disc.parameters()), world)
+                state.disc_opt.step()
                 logs["gan_d"] = d_loss.item()
         indices = logs.pop("indices", None)
-        if usage is not None and indices is not None:
-            usage += torch.bincount(indices.flatten(), minlength=len(usage))
-        step += 1
-        if usage is not None and cfg.codebook_restart_every and step % cfg.codebook_restart_every == 0:
-            _restart_codes(recipe, quantizer, usage, idx, world)
-        ema.update(model, step)
+        if state.usage is not None and indices is not None:
+            state.usage += torch.bincount(indices.flatten(), minlength=len(state.usage))
+        state.step = step = step + 1
+        if state.usage is not None and cfg.codebook_restart_every and step % cfg.codebook_restart_every == 0:
+            _restart_codes(run, state, idx, world)
+        state.ema.update(model, step)
         seen += len(idx) * world
         last = {"loss": loss.item(), **logs}
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
             ips = seen / max(1e-9, time.time() - t0)
-            row = {"step": step, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm), "img_per_s": ips}
+            row = {"step": step, "lr": state.sched.get_last_lr()[0], "grad_norm": float(grad_norm), "img_per_s": ips}
             log.write({**row, **{k: round(v, 6) for k, v in last.items()}})
             t0, seen = time.time(), 0
             if bar is not None:
@@ -288,58 +365,25 @@ def train(cfg: TrainConfig) -> dict:
         if bar is not None:
             bar.update(1)
         if step % cfg.ckpt_every == 0 or step == end:
-            _save_state(out, step, model, ema, opt, sched, recipe, disc_opt, usage, gen, rank, world, cfg, device)
+            state.save(state_path, rank, world, device)
+            if rank == 0:
+                save_ema_checkpoint(state, out, metadata)
     if bar is not None:
         bar.close()
-    return {"step": step, "out": str(out), **last}
+    return {"step": state.step, "out": str(out), **last}
 
 
-def _restart_codes(recipe, quantizer, usage: torch.Tensor, idx: torch.Tensor, world: int):
+def _restart_codes(run: Run, state: TrainState, idx: torch.Tensor, world: int):
     """Codes unused since the last restart move onto this batch's encoder outputs (rank 0's, broadcast)."""
+    usage, quantizer = state.usage, run.codebook.quantizer
     if world > 1:
         dist.all_reduce(usage)
     with torch.no_grad():
-        z = recipe.latents(recipe.batch_images(idx))
-    quantizer.restart_unused(usage, z, generator=recipe.gen)
+        z = run.codebook.latents(idx)
+    quantizer.restart_unused(usage, z, rng=state.rng)
     if world > 1:
         dist.broadcast(quantizer.embedding.weight.data, src=0)
     usage.zero_()
-
-
-def _gather(t: torch.Tensor, world: int) -> list[torch.Tensor]:
-    if world == 1:
-        return [t]
-    parts = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(parts, t)
-    return parts
-
-
-def _save_state(out, step, model, ema, opt, sched, recipe, disc_opt, usage, gen, rank, world, cfg, device):
-    gens = _gather(gen.get_state().to(device), world)  # every rank's random state, for an exact resume
-    rngs = _gather(torch.get_rng_state().to(device), world)
-    if rank != 0:
-        return
-    state = {
-        "step": step,
-        "model": model.state_dict(),
-        "ema": ema.shadow,
-        "opt": opt.state_dict(),
-        "sched": sched.state_dict(),
-        "gen": [g.cpu() for g in gens],
-        "torch_rng": [r.cpu() for r in rngs],
-    }
-    if usage is not None:
-        state["usage"] = usage
-    if disc_opt is not None:
-        state["disc"], state["disc_opt"] = recipe.disc.state_dict(), disc_opt.state_dict()
-    tmp = out / "state.pt.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out / "state.pt")  # atomic: a crash mid-write keeps the previous state
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # building must not move the RNG
-        snapshot = type(model)(model.config)
-    snapshot.load_state_dict(ema.shadow, assign=True)
-    meta = {"step": step, "recipe": cfg.recipe, "train_config": _jsonable(asdict(cfg))}
-    save_checkpoint(snapshot, out / "checkpoint", metadata=meta)
 
 
 def _jsonable(d: dict) -> dict:

@@ -2,20 +2,25 @@
 
 ``build_model("titok-l-32")`` or ``build_model(TiTokConfig(...))`` gives the module; the call surface:
   tokenizer.encode(images) -> ids (B, N);  tokenizer.decode_tokens(ids) -> images (B, 3, H, W) in [0, 1];
-  generator(ids, class_ids) -> logits (B, N, K);  vqgan.encode(images) -> codes (B, h*w).
+  generator(ids, class_ids) -> logits (B, N, K);  vqgan.encode(images) -> codes (B, h*w);
+  classifier(images) -> logits (B, C), classifier.features(images) -> (B, D).
 """
 
 import copy
 
 from torch import nn
 
+from .classifier import FMNISTClassifier
 from .config import (
+    ClassifierConfig,
     GeneratorConfig,
     ModelConfig,
     TiTokConfig,
     VQGANConfig,
+    check_pair,
     config_from_dict,
     config_to_dict,
+    strict_fields,
 )
 from .generator import MaskGITBert, MaskGITUViT
 from .maskgit_vqgan import MaskGITVQGAN
@@ -24,6 +29,8 @@ from .titok import TiTok
 
 __all__ = [
     "PRESETS",
+    "ClassifierConfig",
+    "FMNISTClassifier",
     "GeneratorConfig",
     "MaskGITBert",
     "MaskGITUViT",
@@ -33,9 +40,11 @@ __all__ = [
     "TiTokConfig",
     "VQGANConfig",
     "build_model",
+    "check_pair",
     "config_from_dict",
     "config_to_dict",
     "get_config",
+    "strict_fields",
 ]
 
 
@@ -55,4 +64,6 @@ def build_model(preset_or_config: str | ModelConfig) -> nn.Module:
         return MaskGITVQGAN(cfg)
     if isinstance(cfg, GeneratorConfig):
         return MaskGITBert(cfg) if cfg.arch == "bert" else MaskGITUViT(cfg)
+    if isinstance(cfg, ClassifierConfig):
+        return FMNISTClassifier(cfg)
     raise TypeError(f"not a model config: {type(cfg).__name__}")

@@ -13,11 +13,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def to_unit_float(images: torch.Tensor) -> torch.Tensor:
-    """The models' input contract: uint8 in [0, 255] or float in [0, 1], NCHW -> float32 in [0, 1]."""
+def to_unit_float(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The models' input contract: uint8 in [0, 255] or float in [0, 1] -> ``dtype`` in [0, 1] (floats keep grads)."""
     if images.dtype == torch.uint8:
-        return images.float() / 255.0
-    return images.float()
+        return images.to(dtype) / 255.0
+    return images.to(dtype)
+
+
+def init_weights(model: nn.Module, kinds: tuple[type[nn.Module], ...]) -> None:
+    """Truncated-normal(0.02) weights for ``kinds`` modules, zero biases, unit LayerNorms (in module order)."""
+    for m in model.modules():
+        if isinstance(m, kinds):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 # ---------------------------------------------------------------------------------------------------

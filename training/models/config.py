@@ -1,8 +1,18 @@
 """Model configurations: plain dataclasses that round-trip through JSON (``config.json`` of a checkpoint)."""
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 from titok_core.sampler import SCHEDULES
+
+
+def strict_fields(cls: type, data: Mapping, what: str) -> Mapping:
+    """``data`` if every key is a field of the dataclass ``cls``: a typo fails loudly instead of being dropped."""
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {what}: {unknown}")
+    return data
+
 
 # ---------------------------------------------------------------------------------------------------
 # Configs
@@ -26,6 +36,11 @@ class VQGANConfig:
     def grid_size(self) -> int:
         """Side of the code grid: one 2x average-pool per level but the last."""
         return self.image_size // 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def num_tokens(self) -> int:
+        """Codes per image: the whole grid."""
+        return self.grid_size**2
 
 
 @dataclass
@@ -130,8 +145,18 @@ class GeneratorConfig:
             raise ValueError(f"unknown guidance_schedule {self.guidance_schedule!r}")
 
 
-CONFIG_KINDS = {c.kind: c for c in (TiTokConfig, VQGANConfig, GeneratorConfig)}
-ModelConfig = TiTokConfig | VQGANConfig | GeneratorConfig
+@dataclass
+class ClassifierConfig:
+    """The small CNN classifier whose features give FID/IS and the perceptual loss (32x32 RGB input)."""
+
+    kind = "fmnist-classifier"
+    num_classes: int = 10
+    widths: tuple[int, int, int] = (32, 64, 128)
+    embed_dim: int = 256
+
+
+CONFIG_KINDS = {c.kind: c for c in (TiTokConfig, VQGANConfig, GeneratorConfig, ClassifierConfig)}
+ModelConfig = TiTokConfig | VQGANConfig | GeneratorConfig | ClassifierConfig
 
 
 def config_to_dict(config: ModelConfig) -> dict:
@@ -146,15 +171,27 @@ def config_from_dict(data: dict) -> ModelConfig:
     if kind not in CONFIG_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(CONFIG_KINDS)}")
     cls = CONFIG_KINDS[kind]
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {kind} config keys: {unknown}")
-    if "channel_mult" in data:
-        data["channel_mult"] = tuple(data["channel_mult"])
+    strict_fields(cls, data, f"{kind} config keys")
+    for key in ("channel_mult", "widths"):  # JSON has lists; the configs hold tuples
+        if key in data:
+            data[key] = tuple(data[key])
     if isinstance(data.get("pixel_vqgan"), dict):
         sub = dict(data["pixel_vqgan"])
         sub.pop("kind", None)
         sub["channel_mult"] = tuple(sub.get("channel_mult", VQGANConfig.channel_mult))
         data["pixel_vqgan"] = VQGANConfig(**sub)
     return cls(**data)
+
+
+def check_pair(tokenizer: ModelConfig, generator: ModelConfig) -> None:
+    """A generator must predict exactly its tokenizer's ids: same sequence length and codebook."""
+    if not isinstance(tokenizer, (TiTokConfig, VQGANConfig)):
+        raise ValueError(f"the tokenizer is a {type(tokenizer).__name__}, not a TiTok or a MaskGIT-VQGAN")
+    if not isinstance(generator, GeneratorConfig):
+        raise ValueError(f"the generator is a {type(generator).__name__}, not a MaskGIT generator")
+    n, k = tokenizer.num_tokens, tokenizer.codebook_size
+    if (generator.seq_len, generator.codebook_size) != (n, k):
+        raise ValueError(
+            f"generator expects {generator.seq_len} tokens from a {generator.codebook_size}-code book, but the "
+            f"tokenizer gives {n} tokens from {k} codes: the pair does not fit"
+        )

@@ -8,7 +8,7 @@ the vocabulary (``codebook_size + 1 + c``) happens here, once.
 import torch
 from torch import nn
 
-from .blocks import BertLayer, UViTBlock
+from .blocks import BertLayer, UViTBlock, init_weights
 from .config import GeneratorConfig
 
 # ---------------------------------------------------------------------------------------------------
@@ -87,17 +87,6 @@ class _MaskGITBase(nn.Module):
     def backbone_logits(self, ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def init_weights(self):
-        """Normal(0.02) linear/embedding weights (truncated for U-ViT), zero biases, unit LayerNorms."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
 
 class MaskGITBert(_MaskGITBase):
     """ImageBert: the BERT-layout MaskGIT generator released with TiTok-L-32 and B-64."""
@@ -106,7 +95,7 @@ class MaskGITBert(_MaskGITBase):
         super().__init__()
         self.config = cfg
         self.model = BertLM(cfg)
-        self.init_weights()
+        init_weights(self, (nn.Linear, nn.Embedding))  # truncated normal(0.02), see blocks.init_weights
 
     def backbone_logits(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model(ids)
@@ -128,7 +117,7 @@ class MaskGITUViT(_MaskGITBase):
         )
         self.norm = nn.LayerNorm(cfg.hidden)
         self.lm_head = nn.Linear(cfg.hidden, cfg.codebook_size)
-        self.init_weights()
+        init_weights(self, (nn.Linear, nn.Embedding))  # truncated normal(0.02), see blocks.init_weights
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def backbone_logits(self, ids: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Named model configurations: the released paper models and small ones that train on a laptop CPU."""
 
-from .config import GeneratorConfig, ModelConfig, TiTokConfig, VQGANConfig
+from .config import ClassifierConfig, GeneratorConfig, ModelConfig, TiTokConfig, VQGANConfig
 
 # ---------------------------------------------------------------------------------------------------
 # Paper models (ImageNet 256x256; key names and shapes of the released checkpoints)
@@ -79,6 +79,8 @@ SMALL = {
         guidance_scale=2.0,
         guidance_schedule="linear",
     ),
+    # the FID/IS feature extractor and perceptual-loss network (``python -m training classifier``)
+    "fmnist-classifier": ClassifierConfig(),
 }
 
 PRESETS: dict[str, ModelConfig] = {**PAPER, **SMALL}

@@ -34,7 +34,7 @@ class VectorQuantizer(nn.Module):
         return F.embedding(indices, self.codebook())
 
     @torch.no_grad()
-    def restart_unused(self, usage: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    def restart_unused(self, usage: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None = None) -> int:
         """Move codes with ``usage == 0`` onto random encoder outputs ``z`` (M, C); returns how many moved.
 
         Training calls this every few hundred steps with the counts since the last call: without it a
@@ -43,7 +43,7 @@ class VectorQuantizer(nn.Module):
         dead = (usage == 0).nonzero().flatten()
         if len(dead) == 0:
             return 0
-        pick = z[torch.randint(0, len(z), (len(dead),), generator=generator, device=z.device)].to(self.embedding.weight)
+        pick = z[torch.randint(0, len(z), (len(dead),), generator=rng, device=z.device)].to(self.embedding.weight)
         if self.use_l2_norm:  # keep the stored norm of live codes; only the direction is used
             pick = F.normalize(pick, dim=-1) * self.embedding.weight.norm(dim=-1).mean()
         self.embedding.weight[dead] = pick

@@ -10,7 +10,7 @@ With ``grid_tokens`` the same machinery is the paper's 2D baseline: the patch gr
 import torch
 from torch import nn
 
-from .blocks import ResidualAttentionBlock, to_unit_float
+from .blocks import ResidualAttentionBlock, init_weights, to_unit_float
 from .config import TiTokConfig
 from .maskgit_vqgan import VQGANDecoder
 from .quantizer import VectorQuantizer
@@ -149,18 +149,7 @@ class TiTok(nn.Module):
             vq = cfg.pixel_vqgan
             self.pixel_quantize = VectorQuantizer(vq.codebook_size, vq.z_channels, use_l2_norm=False)
             self.pixel_decoder = VQGANDecoder(vq)
-        self.init_weights()
-
-    def init_weights(self):
-        """Truncated-normal(0.02) linear/conv/embedding weights, zero biases, unit LayerNorms."""
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self, (nn.Linear, nn.Conv2d, nn.Embedding))
 
     # -- the call surface -------------------------------------------------------------------------
 
