@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from google.protobuf import text_format
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.manifest import read_manifest
@@ -26,6 +28,7 @@ DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
+LOCK = ROOT / "deploy" / "image" / "requirements.lock"  # the image's Python dependencies (make lock)
 PROMTOOL = Path("/usr/bin/promtool")  # Debian's prometheus package (make tools)
 VARIANTS = {
     "default": ["docker-compose.yml"],
@@ -228,6 +231,51 @@ def test_the_image_is_slim_non_root_and_without_torch():
     assert not [d for d in shipped if d.startswith("torch")], shipped
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"model_repository", "service", "pyproject.toml", "README.md"} & set(ignored)
+
+
+def lock_pins(environment: dict[str, str]) -> dict[str, str]:
+    """The lock's pins whose markers hold in ``environment``: {normalised name: version}."""
+    pins = {}
+    for line in re.sub(r"\\\n", " ", LOCK.read_text()).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        requirement, hashes = line.split(" --hash=", 1)
+        req = Requirement(requirement)
+        assert hashes.startswith("sha256:"), line
+        if req.marker is None or req.marker.evaluate(environment):
+            (pin,) = req.specifier
+            assert pin.operator == "==", line
+            pins[canonicalize_name(req.name)] = pin.version
+    return pins
+
+
+def test_the_image_installs_exactly_the_lock():
+    """Every requirement of the gateway's install (dependencies + the cpu extra) is pinned, with hashes, to a version
+    that satisfies it, for the image's Python (3.11 on Linux); the Dockerfile installs the lock and nothing else."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = {
+        "python_version": "3.11",
+        "python_full_version": "3.11.2",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+    }
+    pins = lock_pins(env)
+    for text in project["dependencies"] + project["optional-dependencies"]["cpu"]:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate(env):
+            name = canonicalize_name(req.name)
+            assert name in pins and req.specifier.contains(pins[name], prereleases=True), f"{text}: {pins.get(name)}"
+    assert not [name for name in pins if name.startswith(("torch", "nvidia"))]
+    assert "make lock" in LOCK.read_text().split("\n", 3)[1]  # how to refresh it, in its header
+    steps = dockerfile()
+    assert ("COPY", f"{LOCK.relative_to(ROOT)} ./") in steps
+    installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
+    assert f"--require-hashes --only-binary=:all: -r {LOCK.name}" in installs[0]
+    assert "--no-deps '.[cpu]'" in installs[1] and "pip check" in installs[1]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "deploy" in ignored and f"!{LOCK.relative_to(ROOT)}" in ignored
 
 
 # ---------------------------------------------------------------------------------------------------
