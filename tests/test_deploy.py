@@ -318,6 +318,21 @@ def test_promtool(args):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_every_alert_has_a_case_that_fires_it_and_one_that_does_not():
+    """promtool runs these cases (test_promtool above); here: none of the alerts goes without both."""
+    alerts = {rule["alert"] for group in rule_groups() for rule in group["rules"] if "alert" in rule}
+    cases = yaml.safe_load((PROMETHEUS / "rules_test.yml").read_text())["tests"]
+    fires, quiet = set(), set()
+    for case in (c for test in cases for c in test.get("alert_rule_test", [])):
+        (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert not alerts - fires, f"no case fires {sorted(alerts - fires)}"
+    assert not alerts - quiet, f"no case keeps {sorted(alerts - quiet)} quiet"
+    assert fires | quiet <= alerts, f"cases for unknown alerts: {sorted((fires | quiet) - alerts)}"
+    assert any(
+        "absent(" in rule["expr"] and 'job="gateway"' in rule["expr"] for g in rule_groups() for rule in g["rules"]
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
 # Grafana: provisioning, dashboards, metric names
 # ---------------------------------------------------------------------------------------------------
