@@ -161,6 +161,13 @@ def test_gpu_override_reserves_the_gpus_and_places_the_models_on_them(stack):
         assert {g.kind for g in variant.instance_group} == {mc.ModelInstanceGroup.KIND_GPU}
         for field in ("name", "platform", "max_batch_size", "input", "output", "dynamic_batching", "model_warmup"):
             assert getattr(variant, field) == getattr(default, field), f"{model}: {field}"
+        # warm-up at the largest batch too; TensorRT's engines on a named volume of the GPU variant, not in a layer
+        assert max(w.batch_size for w in default.model_warmup) == default.max_batch_size
+        (trt,) = variant.optimization.execution_accelerators.gpu_execution_accelerator
+        assert trt.parameters["trt_engine_cache_enable"] == "1"
+        cache = Path(trt.parameters["trt_engine_cache_path"])
+        (volume,) = [v for v in gpu["volumes"] if cache.is_relative_to(v["target"])]
+        assert volume["type"] == "volume" and cache.parent == Path(volume["target"]), volume
 
 
 # ---------------------------------------------------------------------------------------------------
