@@ -2,7 +2,8 @@
 # A local stand-in for the official python:3.11-slim-bookworm, for machines that reach package registries but no
 # container registry (the tests, CI): Debian bookworm by debootstrap with Debian's Python 3.11 (python3, venv and
 # `python`), imported into buildah's storage. Needs root, debootstrap and buildah (make tools).
-# The root filesystem is cached as a tarball outside the repository; the image is made only when missing.
+# The root filesystem is cached as a tarball outside the repository; the image is made only when missing. Both stay
+# as they are (no security updates) until removed: rm -r /var/cache/titok-serve && buildah rmi <the image below>
 # Prints the image's name, for: buildah bud --build-arg PYTHON_IMAGE="$(deploy/image/local-base.sh)" .
 set -euo pipefail
 IMAGE=${TITOK_BASE_IMAGE:-localhost/titok-serve/python:3.11-bookworm-local}
