@@ -16,6 +16,7 @@ WORKDIR /src
 COPY deploy/image/requirements.lock ./
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --require-hashes --only-binary=:all: -r requirements.lock
 COPY pyproject.toml README.md ./
+COPY titok_core ./titok_core
 COPY service ./service
 COPY titok_client ./titok_client
 # then the gateway alone: the cpu extra (onnxruntime) is in the lock, torch (the train extra) never is; pip check

@@ -26,8 +26,8 @@ from bench.machine import median_seconds
 from service.images import encode_image, load_image
 from service.metrics import Metrics
 from service.registry import Registry
-from service.sampler import Generation, advance, build_batch
 from service.settings import Settings
+from titok_core.sampler import Generation, advance, build_batch
 
 
 async def _engine_point(repo: str, route: str, concurrency: int, duration: float, warmup: float) -> dict:

@@ -24,10 +24,9 @@ from bench.machine import facts, matmul_peak_gflops, median_seconds
 from export.onnx_graphs import DecoderGraph, EncoderGraph, GeneratorGraph, export_decoder, export_graph
 from export.signatures import family_signatures
 from export.sources import check_pair, load_source
-from service.sampler import SamplingSettings, generate
+from titok_core.manifest import GRAPHS
+from titok_core.sampler import SamplingSettings, generate
 from training.models import build_model
-
-GRAPHS = ("encoder", "decoder", "generator")
 
 
 def load_family(args) -> tuple[torch.nn.Module, torch.nn.Module, str]:

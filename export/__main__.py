@@ -88,7 +88,8 @@ def _build(args) -> int:
 
 
 def _verify(args) -> int:
-    from .manifest import checksum_problems, read_manifest
+    from titok_core.manifest import checksum_problems, read_manifest
+
     from .sources import check_pair, load_source
     from .verify import report_markdown, verify_family
 
@@ -100,7 +101,7 @@ def _verify(args) -> int:
     tokenizer, _ = load_source(args.tokenizer)
     generator, _ = load_source(args.generator)
     check_pair(tokenizer.config, generator.config)
-    graphs = {g: Path(args.repo) / e["path"] for g, e in manifest["graphs"].items()}
+    graphs = {g: Path(args.repo) / e.path for g, e in manifest.graphs.items()}
     report = verify_family(tokenizer, generator, graphs, args.batch_sizes, args.decoder_batch_sizes)
     print(report_markdown(report))
     return 0 if report["ok"] else 1

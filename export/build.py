@@ -7,7 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .manifest import build_manifest, write_manifest
+from titok_core.manifest import write_manifest
+
+from .manifest import build_manifest
 from .onnx_graphs import export_family, family_signatures_of
 from .sources import check_pair, class_names, source_record
 from .triton_repo import TritonSettings, write_models

@@ -1,30 +1,12 @@
-"""A family's manifest: everything the gateway needs to know about its three models, in one JSON file.
-
-It lives at ``<repository>/<family>.manifest.json``. Triton takes only the repository's sub-directories as models
-(``GetDirectorySubdirs`` in triton-inference-server/core drops plain files), so a file beside them is ignored.
-"""
+"""A family's manifest as the exporter writes it (the contract itself is ``titok_core.manifest``)."""
 
 import datetime
-import hashlib
-import json
 from pathlib import Path
 
-from .signatures import GRAPHS, Signature
+from titok_core.manifest import GRAPHS, GraphEntry, Manifest, Signature, sha256
+from titok_core.sampler import SamplingSettings
+
 from .triton_repo import MODEL_FILE, TritonSettings, model_name
-
-MANIFEST_FORMAT = 1
-
-
-def manifest_path(repo: str | Path, family: str) -> Path:
-    return Path(repo) / f"{family}.manifest.json"
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_manifest(
@@ -37,7 +19,7 @@ def build_manifest(
     class_names: list[str],
     sources: dict[str, dict],
     verification: dict | None,
-) -> dict:
+) -> Manifest:
     """The manifest of a family whose model files are already in ``repo``."""
     import onnx  # here, not at the top: reading a manifest (twin, tensorrt) should not load torch
     import onnxruntime
@@ -48,34 +30,28 @@ def build_manifest(
     graphs = {}
     for graph in GRAPHS:
         relative = Path(model_name(family, graph)) / str(settings.version) / MODEL_FILE
-        graphs[graph] = {
-            "model_name": model_name(family, graph),
-            "path": relative.as_posix(),
-            "sha256": sha256(Path(repo) / relative),
-            **signatures[graph].to_dict(),
-        }
+        graphs[graph] = GraphEntry(
+            model_name(family, graph), relative.as_posix(), sha256(Path(repo) / relative), signatures[graph]
+        )
     gen = generator_config
-    return {
-        "manifest_format": MANIFEST_FORMAT,
-        "family": family,
-        "version": settings.version,
-        "image_size": tokenizer_config.image_size,
-        "num_tokens": tokenizer_config.num_tokens,
-        "codebook_size": tokenizer_config.codebook_size,
-        "mask_id": gen.mask_id,
-        "num_classes": gen.num_classes,
-        "null_class_id": gen.null_class_id,
-        "class_names": class_names,
-        "max_batch_size": settings.max_batch_size,
-        "graphs": graphs,
-        "sampling": {
-            "num_steps": gen.num_steps,
-            "temperature": gen.temperature,
-            "guidance_scale": gen.guidance_scale,
-            "guidance_schedule": gen.guidance_schedule,
-        },
-        "sources": sources,
-        "export": {
+    return Manifest(
+        family=family,
+        version=settings.version,
+        image_size=tokenizer_config.image_size,
+        num_tokens=tokenizer_config.num_tokens,
+        codebook_size=tokenizer_config.codebook_size,
+        num_classes=gen.num_classes,
+        class_names=tuple(class_names),
+        max_batch_size=settings.max_batch_size,
+        graphs=graphs,
+        sampling=SamplingSettings(
+            num_steps=gen.num_steps,
+            guidance_scale=gen.guidance_scale,
+            guidance_schedule=gen.guidance_schedule,
+            temperature=gen.temperature,
+        ),
+        sources=sources,
+        export={
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "exporter": "torch.onnx.export (TorchScript, dynamo=False)",
             "opset": OPSET,
@@ -86,30 +62,5 @@ def build_manifest(
             "instances": settings.instances,
             "intra_op_threads": settings.intra_op_threads,
         },
-        "verification": verification,
-    }
-
-
-def write_manifest(repo: str | Path, manifest: dict) -> Path:
-    path = manifest_path(repo, manifest["family"])
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
-    return path
-
-
-def read_manifest(repo: str | Path, family: str) -> dict:
-    path = manifest_path(repo, family)
-    if not path.is_file():
-        raise FileNotFoundError(f"no manifest for family {family!r}: {path} is missing")
-    return json.loads(path.read_text())
-
-
-def checksum_problems(repo: str | Path, manifest: dict) -> list[str]:
-    """Model files that are missing or whose sha256 differs from the manifest's; empty when all match."""
-    problems = []
-    for graph, entry in manifest["graphs"].items():
-        path = Path(repo) / entry["path"]
-        if not path.is_file():
-            problems.append(f"{graph}: {path} is missing")
-        elif sha256(path) != entry["sha256"]:
-            problems.append(f"{graph}: {path} does not match the manifest's sha256")
-    return problems
+        verification=verification,
+    )

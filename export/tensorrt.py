@@ -8,8 +8,7 @@ only strongly typed networks, so there the graph is first converted to mixed pre
 
 from pathlib import Path
 
-from .manifest import read_manifest
-from .signatures import Signature
+from titok_core.manifest import Signature, read_manifest
 
 UNAVAILABLE = "TensorRT export needs an NVIDIA GPU and the tensorrt package: {}"
 
@@ -75,10 +74,9 @@ def build_engines(repo: str | Path, family: str, out: str | Path | None = None) 
     repo = Path(repo)
     manifest = read_manifest(repo, family)
     plans = []
-    for entry in manifest["graphs"].values():
-        onnx_path = repo / entry["path"]
-        plan = Path(out or repo) / Path(entry["path"]).with_name("model.plan")
+    for entry in manifest.graphs.values():
+        onnx_path = repo / entry.path
+        plan = Path(out or repo) / Path(entry.path).with_name("model.plan")
         plan.parent.mkdir(parents=True, exist_ok=True)
-        signature = Signature.from_dict(entry)
-        plans.append(build_engine(trt, onnx_path, signature, manifest["max_batch_size"], plan))
+        plans.append(build_engine(trt, onnx_path, entry.signature, manifest.max_batch_size, plan))
     return plans

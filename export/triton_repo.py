@@ -13,7 +13,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .signatures import GRAPHS, Signature, TensorSpec
+from titok_core.manifest import GRAPHS, Signature, TensorSpec
 
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"

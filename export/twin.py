@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from .manifest import read_manifest
+from titok_core.manifest import family_of, manifest_paths, read_manifest
+
 from .triton_repo import CONFIG_FILE, MODEL_FILE, read_config, write_config
 
 TWIN_MODEL = Path(__file__).with_name("twin_model.py")
@@ -44,23 +45,23 @@ def write_twin(repo: str | Path, out: str | Path, intra_op_threads: int | None =
     repo, out = Path(repo), Path(out)
     if out.resolve() == repo.resolve():
         raise ValueError("the twin must go to another folder than the repository it mirrors")
-    manifests = sorted(repo.glob("*.manifest.json"))
+    manifests = manifest_paths(repo)
     if not manifests:
         raise FileNotFoundError(f"{repo} holds no <family>.manifest.json: not a repository written by `export build`")
     names = []
     out.mkdir(parents=True, exist_ok=True)
     for path in manifests:
-        manifest = read_manifest(repo, path.name.removesuffix(".manifest.json"))
-        for entry in manifest["graphs"].values():
-            src, dst = repo / entry["model_name"], out / entry["model_name"]
+        manifest = read_manifest(repo, family_of(path))
+        for entry in manifest.graphs.values():
+            src, dst = repo / entry.model_name, out / entry.model_name
             if dst.exists():
                 shutil.rmtree(dst)
-            version = dst / Path(entry["path"]).parent.name
+            version = dst / Path(entry.path).parent.name
             version.mkdir(parents=True)
-            _link_or_copy(src / Path(entry["path"]).relative_to(entry["model_name"]), version / MODEL_FILE)
+            _link_or_copy(src / Path(entry.path).relative_to(entry.model_name), version / MODEL_FILE)
             shutil.copyfile(TWIN_MODEL, version / "model.py")
             note = "Python-backend twin written by `python -m export twin`"
             write_config(dst / CONFIG_FILE, twin_config(read_config(src / CONFIG_FILE), intra_op_threads), note)
-            names.append(entry["model_name"])
+            names.append(entry.model_name)
         shutil.copyfile(path, out / path.name)
     return names

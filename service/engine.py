@@ -3,15 +3,17 @@
 import asyncio
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from titok_core.manifest import Manifest
+from titok_core.sampler import SCHEDULES, Generation, SamplingSettings
 
 from .backends import Backend
 from .batcher import MicroBatcher
 from .errors import InvalidRequest, ServiceError
 from .metrics import Metrics
-from .sampler import SCHEDULES, Generation, SamplingSettings
 from .settings import Settings
 
 log = logging.getLogger("titok.engine")
@@ -32,22 +34,17 @@ class ModelInfo:
     sampling: dict
 
     @classmethod
-    def from_manifest(cls, manifest: dict) -> "ModelInfo":
-        if manifest["mask_id"] != manifest["codebook_size"] or manifest["null_class_id"] != manifest["num_classes"]:
-            raise ValueError("the manifest's mask id and null class must equal the codebook size and class count")
-        known = SamplingSettings.__dataclass_fields__
-        sampling = {k: v for k, v in manifest["sampling"].items() if k in known}
-        SamplingSettings(**sampling)  # a manifest with impossible defaults is refused at load
+    def from_manifest(cls, manifest: Manifest) -> "ModelInfo":
         return cls(
-            family=manifest["family"],
-            version=int(manifest["version"]),
-            image_size=int(manifest["image_size"]),
-            num_tokens=int(manifest["num_tokens"]),
-            codebook_size=int(manifest["codebook_size"]),
-            num_classes=int(manifest["num_classes"]),
-            class_names=tuple(manifest["class_names"]),
-            max_batch_size=int(manifest["max_batch_size"]),
-            sampling=dict(sampling),
+            family=manifest.family,
+            version=manifest.version,
+            image_size=manifest.image_size,
+            num_tokens=manifest.num_tokens,
+            codebook_size=manifest.codebook_size,
+            num_classes=manifest.num_classes,
+            class_names=manifest.class_names,
+            max_batch_size=manifest.max_batch_size,
+            sampling=asdict(manifest.sampling),
         )
 
 

@@ -1,10 +1,6 @@
-"""Image decoding (safe against bombs and broken files), the reference preprocessing, and output encoding.
+"""Uploads: image decoding (safe against bombs and broken files) with its HTTP errors, and output encoding.
 
-The preprocessing lives here, torch-free, and training uses it too (``training.data.resize_center_crop``), so a
-model sees the same pixels in training and in serving: any mode becomes 8-bit RGB, with transparency composited on
-**black** (Fashion-MNIST's background, so a cut-out object looks like the training data); 16-bit grey is scaled to
-8 bits; the shorter side is resized to the model's size with bicubic filtering (PIL widens the kernel when shrinking,
-i.e. antialiased) and the centre square is cropped, as torchvision's ``Resize(size)`` + ``CenterCrop(size)``.
+The preprocessing itself (``preprocess``) is the core's, shared with training.
 """
 
 import base64
@@ -14,6 +10,8 @@ import warnings
 
 import numpy as np
 from PIL import Image
+
+from titok_core.images import preprocess
 
 from .errors import InvalidImage, PayloadTooLarge, UnsupportedMediaType
 
@@ -79,43 +77,6 @@ def load_pixels(img: Image.Image, param: str) -> Image.Image:
 def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
     """A fully loaded PIL image; its pixel count is checked from the header before any pixel is decoded."""
     return load_pixels(open_image(data, max_pixels, param), param)
-
-
-def _on_black(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode -> 8-bit RGB; transparency composited on black, 16/32-bit grey scaled to 8 bits."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P":
-        return _on_black(img) if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return _on_black(img)
-    if img.mode.startswith("I"):  # 16-bit PNGs open as I;16 or I
-        grey = np.asarray(img, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
-    if img.mode == "F":
-        grey = np.asarray(img, dtype=np.float64)
-        return Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr
-
-
-def preprocess(img: Image.Image, size: int) -> np.ndarray:
-    """The model's input (size, size, 3) uint8: RGB, shorter side to ``size`` (bicubic, antialiased), centre crop."""
-    img = to_rgb(img)
-    w, h = img.size
-    if min(w, h) != size:
-        if w <= h:
-            new_w, new_h = size, max(size, int(size * h / w))
-        else:
-            new_w, new_h = max(size, int(size * w / h)), size
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    w, h = img.size
-    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
-    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
 
 def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarray:

@@ -4,6 +4,8 @@ import json
 import logging
 from pathlib import Path
 
+from titok_core.manifest import GRAPHS, MANIFEST_SUFFIX, Manifest, manifest_paths
+
 from .backends import create_backend
 from .engine import ModelInfo, ServedModel
 from .errors import ConfigurationError, ModelNotFound
@@ -11,15 +13,12 @@ from .metrics import Metrics
 from .settings import Settings
 
 log = logging.getLogger("titok.registry")
-MANIFEST_SUFFIX = ".manifest.json"
-MANIFEST_FORMAT = 1
 
 
-def _check_files(repo: Path, manifest: dict) -> None:
-    for graph in ("encoder", "decoder", "generator"):
-        entry = manifest["graphs"].get(graph)
-        if entry is None or not (repo / entry["path"]).is_file():
-            raise ConfigurationError(f"{manifest['family']}: the {graph} model file is missing from {repo}")
+def _check_files(repo: Path, manifest: Manifest) -> None:
+    for graph in GRAPHS:
+        if not (repo / manifest.graphs[graph].path).is_file():
+            raise ConfigurationError(f"{manifest.family}: the {graph} model file is missing from {repo}")
 
 
 class Registry:
@@ -31,7 +30,7 @@ class Registry:
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics) -> "Registry":
         repo = Path(settings.model_repository)
-        paths = sorted(repo.glob(f"*{MANIFEST_SUFFIX}")) if repo.is_dir() else []
+        paths = manifest_paths(repo)
         if not paths:
             raise ConfigurationError(
                 f"no model family in {repo.resolve()}: expected <family>{MANIFEST_SUFFIX} "
@@ -40,14 +39,12 @@ class Registry:
         models = {}
         for path in paths:
             try:
-                manifest = json.loads(path.read_text())
-                if manifest.get("manifest_format") != MANIFEST_FORMAT:
-                    raise ValueError(f"manifest_format {manifest.get('manifest_format')!r} is not {MANIFEST_FORMAT}")
-                if settings.backend == "embedded":  # Triton holds its own copy of the model files
-                    _check_files(repo, manifest)
-                info = ModelInfo.from_manifest(manifest)
-            except (ValueError, KeyError, TypeError) as e:
+                manifest = Manifest.from_dict(json.loads(path.read_text()))
+            except ValueError as e:  # json's decode errors too
                 raise ConfigurationError(f"{path}: not a usable manifest: {e}") from e
+            if settings.backend == "embedded":  # Triton holds its own copy of the model files
+                _check_files(repo, manifest)
+            info = ModelInfo.from_manifest(manifest)
             models[info.family] = ServedModel(info, create_backend(settings, repo, manifest), settings, metrics)
             log.info("loaded %s (version %d) from %s", info.family, info.version, repo)
         return cls(models)

@@ -1,7 +1,7 @@
 """Step-level generation scheduling: every in-flight generation of a model advances together, one generator call
 per step (conditional and null-class rows in one batch); new requests join at the next step, finished ones leave.
 
-The sampling itself is ``service.sampler`` (per-item random generators), so an item's tokens do not depend on
+The sampling itself is ``titok_core.sampler`` (per-item random generators), so an item's tokens do not depend on
 which other generations share its steps.
 """
 
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from titok_core.sampler import Generation, advance, build_batch
+
 from .batcher import request_ids
 from .errors import BackendUnavailable, Overloaded, ServiceError
 from .metrics import Metrics
-from .sampler import Generation, advance, build_batch
 
 log = logging.getLogger("titok.scheduler")
 LogitsFn = Callable[..., Awaitable[np.ndarray]]

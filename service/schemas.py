@@ -4,8 +4,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from titok_core.sampler import SCHEDULES
+
 ImageFormat = Literal["png", "jpeg", "webp"]
-Schedule = Literal["constant", "linear", "power-cosine"]
+Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
 MAX_SEED = 2**63 - 1
 
 _MODEL = Field(None, description="Model family; the default family when omitted.", examples=["titok-fmnist"])

@@ -27,6 +27,12 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 beyond it)")
     inference_threads: int = Field(1, ge=1, description="worker threads running model calls")
     ort_intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per call (0: all cores)")
+    ort_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(
+        "auto", description="onnxruntime execution provider: auto takes TensorRT, then CUDA, when a GPU is there"
+    )
+    ort_trt_cache_dir: Path = Field(
+        Path("/tmp/titok-trt-cache"), description="where TensorRT keeps its built engines (built once per shape range)"
+    )
     ort_spinning: bool = Field(
         False, description="onnxruntime threads spin between calls (lower lone latency, CPU taken from HTTP under load)"
     )

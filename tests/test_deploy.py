@@ -19,9 +19,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.manifest import read_manifest
 from export.triton_repo import CONFIG_FILE, GPU_CONFIG_FILE, GPU_CONFIG_NAME
 from service.metrics import Metrics
+from titok_core.manifest import family_of, manifest_paths, read_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -177,10 +177,10 @@ def test_gpu_override_reserves_the_gpus_and_places_the_models_on_them(stack):
 
 def models_in(repo: Path) -> dict[str, str]:
     """Every model named by the manifests of ``repo``, with its model file's path in the repository."""
-    manifests = sorted(repo.glob("*.manifest.json"))
+    manifests = manifest_paths(repo)
     assert manifests, f"no manifest in {repo}"
-    families = [read_manifest(repo, p.name.removesuffix(".manifest.json")) for p in manifests]
-    return {entry["model_name"]: entry["path"] for family in families for entry in family["graphs"].values()}
+    families = [read_manifest(repo, family_of(p)) for p in manifests]
+    return {entry.model_name: entry.path for family in families for entry in family.graphs.values()}
 
 
 def test_triton_serves_the_model_repository(stack):

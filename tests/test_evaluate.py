@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service.sampler import SamplingSettings, generate
+from titok_core.sampler import SamplingSettings, generate
 from training.checkpoint import save_checkpoint
 from training.classifier import FMNISTClassifier, save_classifier
 from training.data import load_fashion_mnist

@@ -6,6 +6,7 @@ narrow; the L-32 generator with one layer). The paper decoder is verified at bat
 it takes about 3 s per image and side, so batch 32 would take minutes.
 """
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -24,13 +25,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 import export.verify
 from export.__main__ import main
 from export.build import build_family
-from export.manifest import checksum_problems, manifest_path, read_manifest, sha256
 from export.onnx_graphs import export_decoder, family_signatures_of, graph_io, graph_problems
 from export.sources import check_pair, class_names
 from export.tensorrt import UNAVAILABLE
 from export.triton_repo import CONFIG_FILE, GPU_CONFIG_FILE
 from export.twin import write_twin
 from export.verify import ort_session, report_markdown
+from titok_core.manifest import checksum_problems, manifest_path, read_manifest, sha256
 from training.checkpoint import save_checkpoint
 from training.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR
 from training.models import GeneratorConfig, TiTokConfig, VQGANConfig, build_model, get_config
@@ -102,7 +103,7 @@ def repo(models, checkpoints, tmp_path_factory):
     tok_dir, gen_dir = checkpoints
     argv = ["build", "--tokenizer", str(tok_dir), "--generator", str(gen_dir), "--family", "pixel", "--out", str(out)]
     assert main([*argv, "--intra-op-threads", "1"]) == 0
-    reports = {"pixel": read_manifest(out, "pixel")["verification"]}
+    reports = {"pixel": read_manifest(out, "pixel").verification}
     for name, (_, _, sizes, decoder_sizes) in FAMILIES.items():
         if name != "pixel":
             tokenizer, generator = models[name]
@@ -139,13 +140,13 @@ def test_dynamic_batch_in_onnxruntime(repo):
     """Batch 1, 3 and 32 through every graph of a family, with the declared dtypes and shapes."""
     out, _ = repo
     manifest = read_manifest(out, "pixel")
-    for entry in manifest["graphs"].values():
-        session = ort_session(out / entry["path"])
+    for entry in manifest.graphs.values():
+        session = ort_session(out / entry.path)
         for b in (1, 3, 32):
-            feeds = {t["name"]: np.zeros((b, *t["shape"][1:]), dtype=t["dtype"]) for t in entry["inputs"]}
+            feeds = {t.name: np.zeros((b, *t.dims), dtype=t.dtype) for t in entry.signature.inputs}
             results = session.run(None, feeds)
-            for got, spec in zip(results, entry["outputs"], strict=True):
-                assert got.dtype == np.dtype(spec["dtype"]) and got.shape == (b, *spec["shape"][1:])
+            for got, spec in zip(results, entry.signature.outputs, strict=True):
+                assert got.dtype == np.dtype(spec.dtype) and got.shape == (b, *spec.dims)
 
 
 def test_build_refuses_a_failed_verification(checkpoints, tmp_path, monkeypatch, capsys):
@@ -289,9 +290,10 @@ def test_manifest_describes_the_family(repo, models, family):
     assert manifest["class_names"] == expected_names
     assert manifest["sampling"] == {
         "num_steps": gcfg.num_steps,
-        "temperature": gcfg.temperature,
         "guidance_scale": gcfg.guidance_scale,
         "guidance_schedule": gcfg.guidance_schedule,
+        "temperature": gcfg.temperature,
+        "softmax_annealing": False,
     }
     assert manifest["sources"]["tokenizer"]["config"]["kind"] == "titok"
     assert manifest["export"]["torch"] == torch.__version__ and manifest["export"]["onnx"] == onnx.__version__
@@ -300,12 +302,12 @@ def test_manifest_describes_the_family(repo, models, family):
         path = out / entry["path"]
         assert entry["sha256"] == sha256(path)
         assert graph_problems(path, family_signatures_of(tokenizer)[graph]) == []
-    assert checksum_problems(out, manifest) == []
+    assert checksum_problems(out, read_manifest(out, family)) == []
 
 
 def test_manifest_records_checkpoint_sources(repo, checkpoints):
     out, _ = repo
-    sources = read_manifest(out, "pixel")["sources"]
+    sources = read_manifest(out, "pixel").sources
     assert sources["tokenizer"]["path"] == str(checkpoints[0].resolve())
     assert sources["generator"]["format"] == "checkpoint"
 
@@ -313,7 +315,8 @@ def test_manifest_records_checkpoint_sources(repo, checkpoints):
 def test_checksums_catch_a_changed_file(repo, tmp_path):
     out, _ = repo
     manifest = read_manifest(out, "pixel")
-    manifest["graphs"]["decoder"]["sha256"] = "0" * 64
+    graphs = {**manifest.graphs, "decoder": dataclasses.replace(manifest.graphs["decoder"], sha256="0" * 64)}
+    manifest = dataclasses.replace(manifest, graphs=graphs)
     assert [p.split(":")[0] for p in checksum_problems(out, manifest)] == ["decoder"]
 
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from service.sampler import (
+from titok_core.sampler import (
     Generation,
     SamplingSettings,
     advance,

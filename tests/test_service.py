@@ -175,7 +175,7 @@ def test_tokenize_any_size_and_mode_json_and_multipart_agree(gateway):
 
 
 def test_preprocessing_matches_the_training_pipeline():
-    from service.images import preprocess
+    from titok_core.images import preprocess
     from training.data import resize_center_crop
 
     for name, data in _modes():

@@ -28,6 +28,7 @@ from service.errors import BackendUnavailable, DeadlineExceeded, Overloaded
 from service.settings import Settings
 from tests.conftest import FAMILY, Gateway
 from tests.triton_server import TritonServer, write_twin_repository
+from titok_core.manifest import read_manifest
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 HANG_S = 30  # a bound, not a timing: no answer below should take more than a few seconds
@@ -124,7 +125,7 @@ def test_triton_errors_map_to_429_503_504(status, message, error):
 
 def test_a_batch_hands_its_request_ids_to_triton(twin_repository, triton, caplog):
     """Triton's own error for a bad request quotes the ids the gateway passed (as its logs do)."""
-    manifest = json.loads((twin_repository / f"{FAMILY}.manifest.json").read_text())
+    manifest = read_manifest(twin_repository, FAMILY)
     backend = create_backend(Settings(backend="triton", triton_url=triton.grpc_url), twin_repository, manifest)
 
     async def run():

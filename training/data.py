@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from service.images import preprocess
+from titok_core.images import preprocess
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -115,7 +115,7 @@ def load_fashion_mnist(
 def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     """Reference preprocessing: to RGB, shorter side -> size (bicubic, antialiased), centred size x size crop.
 
-    One implementation for training and serving: the gateway's (``service.images.preprocess``, torch-free, since
+    One implementation for training and serving: the gateway's (``titok_core.images.preprocess``, torch-free, since
     the gateway cannot import ``training``). Transparency is composited on black, Fashion-MNIST's background.
     """
     return Image.fromarray(preprocess(img, size))

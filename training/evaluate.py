@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from service.sampler import SamplingSettings, generate
+from titok_core.sampler import SCHEDULES, SamplingSettings, generate
 
 from .metrics import codebook_usage, feature_stats, frechet_distance, inception_score, mae, mse, psnr, ssim
 from .models import MaskGITVQGAN, TiTok
@@ -509,7 +509,7 @@ def _parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("sampling (default: the generator's own settings)")
     g.add_argument("--num-steps", type=int)
     g.add_argument("--guidance-scale", type=float)
-    g.add_argument("--guidance-schedule", choices=("constant", "linear", "power-cosine"))
+    g.add_argument("--guidance-schedule", choices=SCHEDULES)
     g.add_argument("--temperature", type=float)
     g.add_argument("--softmax-annealing", action="store_true")
     return p

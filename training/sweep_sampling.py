@@ -14,7 +14,7 @@ import itertools
 import json
 from pathlib import Path
 
-from service.sampler import SamplingSettings
+from titok_core.sampler import SamplingSettings
 
 from .checkpoint import CONFIG_FILE, load_checkpoint
 from .classifier import load_classifier

@@ -14,6 +14,8 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from titok_core.manifest import Manifest
+
 from ..errors import BackendUnavailable, DeadlineExceeded, Overloaded, ServiceError
 from .base import Backend
 
@@ -40,13 +42,13 @@ class TritonBackend(Backend):
     name = "triton"
     remote = True
 
-    def __init__(self, manifest: dict, settings):
+    def __init__(self, manifest: Manifest, settings):
         self.url = settings.triton_url
         self._timeout_s = settings.request_timeout_s
         self._probe_timeout_s = settings.triton_probe_timeout_s
         self._graphs = {
-            graph: (entry["model_name"], [t["name"] for t in entry["inputs"]], entry["outputs"][0]["name"])
-            for graph, entry in manifest["graphs"].items()
+            graph: (entry.model_name, [t.name for t in entry.signature.inputs], entry.signature.outputs[0].name)
+            for graph, entry in manifest.graphs.items()
         }
         self._client: grpcclient.InferenceServerClient | None = None
         self._ready, self._checked = False, -float("inf")

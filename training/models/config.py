@@ -2,6 +2,8 @@
 
 from dataclasses import asdict, dataclass, field, fields
 
+from titok_core.sampler import SCHEDULES
+
 # ---------------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------------
@@ -124,7 +126,7 @@ class GeneratorConfig:
     def __post_init__(self):
         if self.arch not in ("bert", "uvit"):
             raise ValueError(f"arch must be 'bert' or 'uvit', not {self.arch!r}")
-        if self.guidance_schedule not in ("constant", "linear", "power-cosine"):
+        if self.guidance_schedule not in SCHEDULES:
             raise ValueError(f"unknown guidance_schedule {self.guidance_schedule!r}")
 
 
