@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: serve test test-fast lint setup-serve setup-dev setup-triton tools data clean ship
+.PHONY: serve test test-fast lint setup-serve setup-dev setup-triton tools data clean ship lock image
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,19 +32,27 @@ $(TRITON_VENV)/.installed: Makefile
 setup-triton: $(TRITON_VENV)/.installed
 
 # System tools the tests run for real: Prometheus and promtool (Debian's prometheus package) in the deployment
-# tests, Chromium (headless, driven by Playwright) in the playground test
-tools: /usr/bin/promtool /usr/bin/chromium
+# tests, Chromium (headless, driven by Playwright) in the playground test, buildah and debootstrap to build and run
+# the gateway image (tests/test_image.py, which needs root and skips without it: they are optional for others)
+tools: /usr/bin/promtool /usr/bin/chromium /usr/bin/buildah /usr/sbin/debootstrap
+apt_install = DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 /usr/bin/promtool:
 	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+		apt-get update -qq && $(apt_install) prometheus; \
 	else \
 		echo "Prometheus is missing: run 'sudo apt-get install prometheus'" >&2; exit 1; \
 	fi
 /usr/bin/chromium:
 	@if [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		apt-get update -qq && $(apt_install) chromium; \
 	else \
 		echo "Chromium is missing: run 'sudo apt-get install chromium'" >&2; exit 1; \
+	fi
+/usr/bin/buildah /usr/sbin/debootstrap:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && $(apt_install) buildah debootstrap; \
+	else \
+		echo "$@ is missing (sudo apt-get install buildah debootstrap): tests/test_image.py runs as root only" >&2; \
 	fi
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package
@@ -70,6 +78,17 @@ test: setup-dev setup-triton tools data lint
 # the fast lane: every test not marked slow (no tritonserver, Chromium, Prometheus or schema fuzz; README: Development)
 test-fast: setup-dev data lint
 	$(PY) -m pytest -m "not slow"
+
+# The gateway image's Python dependencies pinned with hashes, for Python 3.11 on any platform: the Dockerfile
+# installs exactly these. Run after changing the dependencies or the cpu extra in pyproject.toml.
+lock: setup-dev
+	$(PY) -m uv pip compile pyproject.toml --extra cpu --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command 'make lock' --quiet -o deploy/image/requirements.lock
+
+# The gateway image on the official python base (IMAGE_BUILDER=podman or buildah work too)
+IMAGE_BUILDER ?= docker
+image:
+	$(IMAGE_BUILDER) build -t titok-serve/gateway:0.1.0 .
 
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -35,6 +35,8 @@ class TritonSettings:
     preferred_batch_sizes: tuple[int, ...] = ()  # empty: powers of two from 4 up to max_batch_size
     version: int = 1
     intra_op_threads: int = 0  # onnxruntime threads per instance; 0: the backend's default (all cores)
+    # GPU: where TensorRT keeps its engines (one folder per model); a volume, so that only the first start builds them
+    engine_cache_dir: str = "/engine-cache"
 
     def __post_init__(self):
         if self.device not in ("cpu", "gpu"):
@@ -86,21 +88,29 @@ def model_config(name: str, signature: Signature, settings: TritonSettings) -> m
         policy.allow_timeout_override = True
     kind = mc.ModelInstanceGroup.KIND_GPU if settings.device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(count=settings.instances, kind=kind)
-    warmup = config.model_warmup.add(name="batch_1", batch_size=1)
-    for t in signature.inputs:
-        # random bytes are valid images, but random int64 ids would index past the embeddings: zeros instead
-        data = warmup.inputs[t.name]
-        data.data_type = TRITON_DTYPES[t.dtype]
-        data.dims.extend(t.dims)
-        if t.dtype == "uint8":
-            data.random_data = True
-        else:
-            data.zero_data = True
+    # warm-up at 1 and at the largest batch: TensorRT builds (or loads) its engine for the whole batch range, and ONNX
+    # Runtime grows its memory arena, before the model is ready rather than in a user's first large request
+    for batch in sorted({1, settings.max_batch_size}):
+        warmup = config.model_warmup.add(name=f"batch_{batch}", batch_size=batch)
+        for t in signature.inputs:
+            # random bytes are valid images, but random int64 ids would index past the embeddings: zeros instead
+            data = warmup.inputs[t.name]
+            data.data_type = TRITON_DTYPES[t.dtype]
+            data.dims.extend(t.dims)
+            if t.dtype == "uint8":
+                data.random_data = True
+            else:
+                data.zero_data = True
     if settings.intra_op_threads:  # read by the onnxruntime backend, and by the Python-backend twin
         config.parameters["intra_op_thread_count"].string_value = str(settings.intra_op_threads)
     if settings.device == "gpu":
         trt = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         trt.parameters["precision_mode"] = "FP16"
+        # engines and kernel timings kept across restarts (ONNX Runtime creates the model's folder)
+        cache = f"{settings.engine_cache_dir.rstrip('/')}/{name}"
+        for kind in ("engine", "timing"):
+            trt.parameters[f"trt_{kind}_cache_enable"] = "1"
+            trt.parameters[f"trt_{kind}_cache_path"] = cache
     return config
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 from google.protobuf import text_format
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.triton_repo import CONFIG_FILE, GPU_CONFIG_FILE, GPU_CONFIG_NAME
@@ -26,6 +28,7 @@ DEPLOY = ROOT / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARDS = DEPLOY / "grafana" / "dashboards"
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
+LOCK = ROOT / "deploy" / "image" / "requirements.lock"  # the image's Python dependencies (make lock)
 PROMTOOL = Path("/usr/bin/promtool")  # Debian's prometheus package (make tools)
 VARIANTS = {
     "default": ["docker-compose.yml"],
@@ -158,6 +161,13 @@ def test_gpu_override_reserves_the_gpus_and_places_the_models_on_them(stack):
         assert {g.kind for g in variant.instance_group} == {mc.ModelInstanceGroup.KIND_GPU}
         for field in ("name", "platform", "max_batch_size", "input", "output", "dynamic_batching", "model_warmup"):
             assert getattr(variant, field) == getattr(default, field), f"{model}: {field}"
+        # warm-up at the largest batch too; TensorRT's engines on a named volume of the GPU variant, not in a layer
+        assert max(w.batch_size for w in default.model_warmup) == default.max_batch_size
+        (trt,) = variant.optimization.execution_accelerators.gpu_execution_accelerator
+        assert trt.parameters["trt_engine_cache_enable"] == "1"
+        cache = Path(trt.parameters["trt_engine_cache_path"])
+        (volume,) = [v for v in gpu["volumes"] if cache.is_relative_to(v["target"])]
+        assert volume["type"] == "volume" and cache.parent == Path(volume["target"]), volume
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,6 +240,51 @@ def test_the_image_is_slim_non_root_and_without_torch():
     assert not {"model_repository", "service", "pyproject.toml", "README.md"} & set(ignored)
 
 
+def lock_pins(environment: dict[str, str]) -> dict[str, str]:
+    """The lock's pins whose markers hold in ``environment``: {normalised name: version}."""
+    pins = {}
+    for line in re.sub(r"\\\n", " ", LOCK.read_text()).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        requirement, hashes = line.split(" --hash=", 1)
+        req = Requirement(requirement)
+        assert hashes.startswith("sha256:"), line
+        if req.marker is None or req.marker.evaluate(environment):
+            (pin,) = req.specifier
+            assert pin.operator == "==", line
+            pins[canonicalize_name(req.name)] = pin.version
+    return pins
+
+
+def test_the_image_installs_exactly_the_lock():
+    """Every requirement of the gateway's install (dependencies + the cpu extra) is pinned, with hashes, to a version
+    that satisfies it, for the image's Python (3.11 on Linux); the Dockerfile installs the lock and nothing else."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    env = {
+        "python_version": "3.11",
+        "python_full_version": "3.11.2",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+    }
+    pins = lock_pins(env)
+    for text in project["dependencies"] + project["optional-dependencies"]["cpu"]:
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate(env):
+            name = canonicalize_name(req.name)
+            assert name in pins and req.specifier.contains(pins[name], prereleases=True), f"{text}: {pins.get(name)}"
+    assert not [name for name in pins if name.startswith(("torch", "nvidia"))]
+    assert "make lock" in LOCK.read_text().split("\n", 3)[1]  # how to refresh it, in its header
+    steps = dockerfile()
+    assert ("COPY", f"{LOCK.relative_to(ROOT)} ./") in steps
+    installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
+    assert f"--require-hashes --only-binary=:all: -r {LOCK.name}" in installs[0]
+    assert "--no-deps '.[cpu]'" in installs[1] and "pip check" in installs[1]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "deploy" in ignored and f"!{LOCK.relative_to(ROOT)}" in ignored
+
+
 # ---------------------------------------------------------------------------------------------------
 # Prometheus: scrape targets, promtool
 # ---------------------------------------------------------------------------------------------------
@@ -268,6 +323,21 @@ def test_promtool(args):
         pytest.fail("promtool is missing: make tools (Debian's prometheus package)")
     done = subprocess.run([str(PROMTOOL), *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_alert_has_a_case_that_fires_it_and_one_that_does_not():
+    """promtool runs these cases (test_promtool above); here: none of the alerts goes without both."""
+    alerts = {rule["alert"] for group in rule_groups() for rule in group["rules"] if "alert" in rule}
+    cases = yaml.safe_load((PROMETHEUS / "rules_test.yml").read_text())["tests"]
+    fires, quiet = set(), set()
+    for case in (c for test in cases for c in test.get("alert_rule_test", [])):
+        (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
+    assert not alerts - fires, f"no case fires {sorted(alerts - fires)}"
+    assert not alerts - quiet, f"no case keeps {sorted(alerts - quiet)} quiet"
+    assert fires | quiet <= alerts, f"cases for unknown alerts: {sorted((fires | quiet) - alerts)}"
+    assert any(
+        "absent(" in rule["expr"] and 'job="gateway"' in rule["expr"] for g in rule_groups() for rule in g["rules"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

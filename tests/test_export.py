@@ -249,11 +249,12 @@ def test_configs_parse_and_agree_with_their_graphs(repo):
                 (n, ONNX_TO_TRITON[dtype], dims[1:]) for n, dtype, dims in actual
             ]
             assert all(dims[0] == "batch" for _, _, dims in actual)
-        (warmup,) = config.model_warmup
-        assert warmup.batch_size == 1 and sorted(warmup.inputs) == sorted(t.name for t in config.input)
-        for t in config.input:
-            data = warmup.inputs[t.name]
-            assert list(data.dims) == list(t.dims) and (data.zero_data or data.random_data)
+        assert [(w.name, w.batch_size) for w in config.model_warmup] == [("batch_1", 1), ("batch_64", 64)]
+        for warmup in config.model_warmup:
+            assert sorted(warmup.inputs) == sorted(t.name for t in config.input)
+            for t in config.input:
+                data = warmup.inputs[t.name]
+                assert list(data.dims) == list(t.dims) and (data.zero_data or data.random_data)
 
 
 def test_gpu_configs_ask_for_tensorrt_fp16(models, tmp_path):
@@ -265,7 +266,10 @@ def test_gpu_configs_ask_for_tensorrt_fp16(models, tmp_path):
     parsed = text_format.Parse(text_format.MessageToString(config), mc.ModelConfig())
     assert [(g.count, g.kind) for g in parsed.instance_group] == [(2, mc.ModelInstanceGroup.KIND_GPU)]
     (accelerator,) = parsed.optimization.execution_accelerators.gpu_execution_accelerator
-    assert accelerator.name == "tensorrt" and dict(accelerator.parameters) == {"precision_mode": "FP16"}
+    assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    for kind in ("engine", "timing"):  # kept on the engine-cache volume, one folder per model
+        assert accelerator.parameters[f"trt_{kind}_cache_enable"] == "1"
+        assert accelerator.parameters[f"trt_{kind}_cache_path"] == "/engine-cache/x_encoder"
     assert list(parsed.dynamic_batching.preferred_batch_size) == [4, 8]
     unbounded = model_config("x_encoder", signature, TritonSettings(max_queue_size=0, queue_timeout_us=0))
     assert not unbounded.dynamic_batching.HasField("default_queue_policy")  # Triton's default: no limit

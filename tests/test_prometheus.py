@@ -36,6 +36,7 @@ GPU_ONLY = {
     ("triton", "GPU memory used"): "nv_gpu_* exist only where Triton sees a GPU (docker-compose.gpu.yml)",
 }
 ALERT = re.compile(r"^(?P<lhs>.+?)\s*(?:>|<|>=|<=|==|!=)\s*(?P<threshold>[-+0-9.e]+)\s*$", re.S)
+ABSENT = re.compile(r"^absent\((?P<inner>.+)\)$", re.S)
 
 
 class Prometheus:
@@ -180,7 +181,8 @@ def test_dashboard_variables_have_values(loaded):
 
 def test_every_rule_is_valid_and_returns_data(loaded):
     """Recording rules: the expression and the recorded series. Alerts: the left-hand side has data, the whole
-    comparison is valid (it is empty unless the alert is pending or firing)."""
+    comparison is valid (it is empty unless the alert is pending or firing); an ``absent(...)`` alert: its expression
+    has data (the job is up) and the alert's is empty."""
     prometheus, when = loaded
     for group in rule_groups():
         for rule in group["rules"]:
@@ -188,9 +190,13 @@ def test_every_rule_is_valid_and_returns_data(loaded):
                 for expr in (rule["expr"], rule["record"]):
                     values = prometheus.query(expr, when)
                     assert any(math.isfinite(v) for v in values), f"{rule['record']}: {expr} -> {values}"
+            elif absent := ABSENT.match(rule["expr"].strip()):
+                values = prometheus.query(absent["inner"], when)
+                assert any(math.isfinite(v) for v in values), f"{rule['alert']}: {absent['inner']} -> {values}"
+                assert prometheus.query(rule["expr"], when) == [], rule["alert"]
             else:
                 match = ALERT.match(rule["expr"])
-                assert match, f"{rule['alert']}: not `<expression> <comparison> <threshold>`"
+                assert match, f"{rule['alert']}: neither `<expression> <comparison> <threshold>` nor `absent(...)`"
                 values = prometheus.query(match["lhs"], when)
                 assert any(math.isfinite(v) for v in values), f"{rule['alert']}: {match['lhs']} -> {values}"
                 prometheus.query(rule["expr"], when)
