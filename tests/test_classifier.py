@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from training.classifier import FMNISTClassifier, evaluate_accuracy, train_classifier
+from training.classifier import FMNISTClassifier, evaluate_accuracy, load_classifier, save_classifier, train_classifier
 from training.data import load_fashion_mnist
 
 
@@ -50,3 +50,13 @@ def test_size_and_determinism():
     b = train_classifier(images, labels, steps=2, batch_size=16, lr=1e-3, seed=3)
     pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
     assert all(torch.equal(x, y) for x, y in pairs)
+
+
+def test_a_judge_of_another_width_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    judge = FMNISTClassifier(widths=(8, 16, 24)).eval()
+    loaded = load_classifier(save_classifier(judge, tmp_path / "judge"))
+    assert loaded.widths == (8, 16, 24)
+    images, _ = load_fashion_mnist("test", limit=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), judge(images))

@@ -25,6 +25,7 @@ class FMNISTClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128), embed_dim: int = 256):
         super().__init__()
+        self.widths = tuple(widths)  # saved in config.json: load_classifier rebuilds the same shape
         w1, w2, w3 = widths
         # the first stage is a single conv: it runs at full 32x32 resolution, where convs cost the most
         self.stages = nn.ModuleList(
@@ -80,6 +81,7 @@ def train_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     history: list[float] | None = None,
+    widths: tuple[int, int, int] = (32, 64, 128),
 ) -> FMNISTClassifier:
     """Train an FMNISTClassifier (AdamW, warmup + cosine, shift/flip augmentation); returned in eval mode.
 
@@ -87,7 +89,7 @@ def train_classifier(
     """
     torch.manual_seed(seed)  # weight init
     gen = torch.Generator().manual_seed(seed)  # batches and augmentation
-    model = FMNISTClassifier().to(device)
+    model = FMNISTClassifier(widths=widths).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, min(100, steps // 10))
 
@@ -145,7 +147,7 @@ def save_classifier(model: FMNISTClassifier, folder: str | Path, metadata: dict 
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors")
     )
-    doc = {"model": {"kind": "fmnist-classifier"}, "metadata": metadata or {}}
+    doc = {"model": {"kind": "fmnist-classifier", "widths": list(model.widths)}, "metadata": metadata or {}}
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
     return folder
 
@@ -155,7 +157,9 @@ def load_classifier(folder: str | Path, device: str | torch.device = "cpu") -> F
     path = Path(folder) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"no classifier weights at {path}")
-    model = FMNISTClassifier()
+    config = Path(folder) / "config.json"
+    widths = json.loads(config.read_text())["model"].get("widths") if config.is_file() else None
+    model = FMNISTClassifier(widths=tuple(widths or (32, 64, 128)))  # older folders: the default widths
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.to(device).eval()
 
@@ -172,11 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--widths", default="32,64,128", help="channels of the three conv stages")
     args = parser.parse_args(argv)
+    widths = tuple(int(w) for w in args.widths.split(","))
     x, y = load_fashion_mnist("train")
     xt, yt = load_fashion_mnist("test")
     start = time.time()
-    model = train_classifier(x, y, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    model = train_classifier(x, y, steps=args.steps, batch_size=args.batch_size, seed=args.seed, widths=widths)
     acc = evaluate_accuracy(model, xt, yt)
     meta = {"test_accuracy": round(acc, 4), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
     save_classifier(model, args.out, {**meta, "train_seconds": round(time.time() - start, 1)})

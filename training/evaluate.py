@@ -27,7 +27,7 @@ from torch import nn
 
 from titok_core.sampler import SCHEDULES, SamplingSettings, generate
 
-from .metrics import codebook_usage, feature_stats, frechet_distance, inception_score, mae, mse, psnr, ssim
+from .metrics import class_kept, codebook_usage, feature_stats, frechet_distance, inception_score, mae, mse, psnr, ssim
 from .models import MaskGITVQGAN, TiTok
 
 FID_NOTE = "FID over the features of the Fashion-MNIST classifier trained in this repository (not Inception)"
@@ -189,8 +189,14 @@ def reconstruction_metrics(
     classifier: nn.Module | None = None,
     inception: FeatureFn | None = None,
     batch_size: int = 256,
+    labels: torch.Tensor | None = None,
+    judge: nn.Module | None = None,
 ) -> dict:
-    """Mean PSNR/SSIM/MAE/MSE ([0, 1] scale), codebook usage, and rFID when a classifier (or Inception) is given."""
+    """Mean PSNR/SSIM/MAE/MSE ([0, 1] scale), codebook usage, and rFID when a classifier (or Inception) is given.
+
+    With labels, also class kept (``metrics.class_kept``) by the classifier and by an independent ``judge``
+    classifier: the perceptual loss trains on the first one's features, so it is not an unbiased witness.
+    """
     per_image = {name: [] for name in PER_IMAGE_METRICS}
     for a, b in zip(_batches(real, batch_size), _batches(recon, batch_size), strict=True):
         for name, fn in PER_IMAGE_METRICS.items():
@@ -198,8 +204,15 @@ def reconstruction_metrics(
     out = {name: float(torch.cat(values).mean()) for name, values in per_image.items()}
     out["codebook_usage"] = codebook_usage(tokens, codebook_size)
     if classifier is not None:
-        out["rfid"] = fid_from_features(
-            classify(classifier, real, batch_size)[0], classify(classifier, recon, batch_size)[0]
+        (real_feats, real_logits), (recon_feats, recon_logits) = (
+            classify(classifier, x, batch_size) for x in (real, recon)
+        )
+        out["rfid"] = fid_from_features(real_feats, recon_feats)
+        if labels is not None:
+            out["class_kept"] = class_kept(real_logits, recon_logits, labels)
+    if judge is not None and labels is not None:
+        out["class_kept_judge"] = class_kept(
+            classify(judge, real, batch_size)[1], classify(judge, recon, batch_size)[1], labels
         )
     if inception is not None:
         out["rfid_inception"] = fid_from_features(extract(inception, real, 64), extract(inception, recon, 64))
@@ -212,11 +225,13 @@ def evaluate_reconstruction(
     classifier: nn.Module | None = None,
     batch_size: int = 256,
     inception: FeatureFn | None = None,
+    labels: torch.Tensor | None = None,
+    judge: nn.Module | None = None,
 ) -> dict:
     """Reconstruct the images with a TiTok or a MaskGIT-VQGAN and report the metrics of reconstruction_metrics."""
     tokens, recon = reconstruct(tokenizer, images_uint8, batch_size)
     metrics = reconstruction_metrics(
-        images_uint8, recon, tokens, tokenizer.config.codebook_size, classifier, inception, batch_size
+        images_uint8, recon, tokens, tokenizer.config.codebook_size, classifier, inception, batch_size, labels, judge
     )
     info = {"model": describe(tokenizer), "num_images": len(images_uint8), "num_tokens": num_tokens(tokenizer)}
     return {**info, "codebook_size": tokenizer.config.codebook_size, **metrics}
@@ -280,8 +295,10 @@ def evaluate_generation(
     batch_size: int = 250,
     real_images: torch.Tensor | None = None,
     inception: FeatureFn | None = None,
+    judge: nn.Module | None = None,
 ) -> dict:
-    """num_per_class samples per class from the service sampler, decoded: gFID, IS, class accuracy, images, labels."""
+    """num_per_class samples per class from the service sampler, decoded: gFID, IS, class accuracy (also by an
+    independent judge classifier when given), images, labels."""
     if num_per_class < 1:
         raise ValueError(f"num_per_class must be >= 1, not {num_per_class}")
     _check_pair(generator, tokenizer)
@@ -320,6 +337,10 @@ def evaluate_generation(
         "per_class_accuracy": [float(hits[labels.numpy() == c].mean()) for c in range(cfg.num_classes)],
         "codebook_usage": codebook_usage(tokens, cfg.codebook_size),
     }
+    if judge is not None:
+        out["class_accuracy_judge"] = float(
+            (classify(judge, images, batch_size)[1].argmax(axis=1) == labels.numpy()).mean()
+        )
     if inception is not None:
         out["gfid_inception"] = fid_from_features(extract(inception, real_images, 64), extract(inception, images, 64))
     return {**out, "images": images, "labels": labels}  # callers drop the tensors with jsonable() before JSON
@@ -430,10 +451,18 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _kept(r: dict, key: str) -> str:
+    """Class kept as "reconstructions% (originals%)", or a dash."""
+    k = r.get(key)
+    return "—" if k is None else f"{k['accuracy_reconstructed']:.1%} ({k['accuracy_original']:.1%})"
+
+
 def reconstruction_table(results: dict[str, dict]) -> str:
-    """One row per model: tokens, codebook, PSNR, SSIM, MAE, MSE, codebook usage, rFID (and Inception rFID)."""
+    """One row per model: tokens, codebook, PSNR, SSIM, MAE, MSE, codebook usage, rFID, class kept (by the
+    classifier and by the judge, when measured) and Inception rFID."""
     header = ["model", "tokens", "codebook", "PSNR (dB)", "SSIM", "MAE", "MSE", "codes used", "perplexity", "rFID*"]
     inception = any("rfid_inception" in r for r in results.values())
+    kept = [k for k in ("class_kept", "class_kept_judge") if any(k in r for r in results.values())]
     rows = []
     for name, r in results.items():
         use = r["codebook_usage"]
@@ -450,10 +479,15 @@ def reconstruction_table(results: dict[str, dict]) -> str:
                 f"{use['perplexity']:.1f}",
                 _fmt(r.get("rfid"), ".3f"),
             ]
+            + [_kept(r, k) for k in kept]
             + ([_fmt(r.get("rfid_inception"), ".2f")] if inception else [])
         )
+    header += [{"class_kept": "class kept*", "class_kept_judge": "class kept (judge)"}[k] for k in kept]
     header += ["Inception rFID"] if inception else []
-    return _table(header, rows) + f"\n\n\\* {FID_NOTE}. MAE and MSE on the [0, 1] scale."
+    note = f"\n\n\\* {FID_NOTE}. MAE and MSE on the [0, 1] scale."
+    if kept:
+        note += " Class kept: the classifier's accuracy on the reconstructions (on the originals)."
+    return _table(header, rows) + note
 
 
 def generation_table(name: str, r: dict) -> str:
@@ -471,6 +505,8 @@ def generation_table(name: str, r: dict) -> str:
         f"{r['inception_score']:.2f}",
         f"{r['class_accuracy']:.3f}",
     ]
+    if "class_accuracy_judge" in r:
+        header, row = header + ["class acc. (judge)"], row + [f"{r['class_accuracy_judge']:.3f}"]
     if "gfid_inception" in r:
         header, row = header + ["Inception gFID"], row + [f"{r['gfid_inception']:.2f}"]
     note = f"\n\n\\* {FID_NOTE}; IS is exp(mean KL) over the same classifier's softmax."
@@ -495,6 +531,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="TiTok checkpoint folder")
     p.add_argument("--generator", help="generator checkpoint folder (needs --classifier)")
     p.add_argument("--classifier", help="FMNIST classifier folder: rFID, gFID, IS and class accuracy")
+    p.add_argument("--judge", help="an independent classifier folder (another seed/width): class kept by it too")
     p.add_argument("--teacher", help="2D teacher checkpoint folder (MaskGIT-VQGAN or a 2D TiTok), reconstruction only")
     p.add_argument("--num-test", type=int, default=10000, help="test images for reconstruction and real FID stats")
     p.add_argument("--num-per-class", type=int, default=100, help="generated images per class")
@@ -548,6 +585,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = load_checkpoint(args.tokenizer, args.device)
     classifier = load_classifier(args.classifier, args.device) if args.classifier else None
+    judge = load_classifier(args.judge, args.device) if args.judge else None
     test_images, test_labels = load_fashion_mnist("test", limit=args.num_test)
     models = {"tokenizer": tokenizer}
     if args.teacher:
@@ -556,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict:
     bs = args.batch_size
     results: dict = {"args": vars(args), "fid_note": FID_NOTE, "reconstruction": {}}
     for name, model in models.items():
-        result = evaluate_reconstruction(model, test_images, classifier, bs, inception)
+        result = evaluate_reconstruction(model, test_images, classifier, bs, inception, test_labels, judge)
         results["reconstruction"][name] = {**result, "checkpoint": getattr(args, name)}
     tables = [reconstruction_table(results["reconstruction"])]
 
@@ -573,6 +611,7 @@ def main(argv: list[str] | None = None) -> dict:
             bs,
             test_images,
             inception,
+            judge,
         )
         samples = samples_per_class(gen["images"], gen["labels"])
         results["generation"] = {**jsonable(gen), "checkpoint": args.generator}

@@ -1,6 +1,7 @@
 """Training recipes: what is trained, on which data, with which loss. The loop itself is in ``train.py``.
 
-tokenizer      single-stage TiTok (or the 2D-grid ablation) straight in pixel space
+tokenizer      single-stage TiTok (or the 2D-grid ablation) straight in pixel space; or fine-tunes one (init),
+               optionally the decoder alone (freeze_encoder)
 vqgan          the 2D MaskGIT-VQGAN teacher
 proxy-stage1   two-stage TiTok, stage 1: predict the teacher's codes (computed once, cached)
 proxy-stage2   two-stage TiTok, stage 2: encoder and quantizer frozen, decoder + pixel decoder in pixels
@@ -145,7 +146,9 @@ class _PixelRecipe(_CodebookRecipe):
 
 
 class TokenizerRecipe(_PixelRecipe):
-    """Single-stage TiTok (and the 2D ablation)."""
+    """Single-stage TiTok (and the 2D ablation); with ``init`` it fine-tunes a checkpoint, and with
+    ``freeze_encoder`` only the decoder learns (the paper's decoder fine-tuning): the tokens of every image stay
+    what they were, so they are computed once and a generator trained on them stays valid."""
 
     name = "tokenizer"
 
@@ -153,7 +156,31 @@ class TokenizerRecipe(_PixelRecipe):
         super().__init__(*a, **kw)
         if not isinstance(self.model, TiTok) or self.model.config.decoder_head != "pixel":
             raise ValueError("recipe 'tokenizer' trains a TiTok with decoder_head 'pixel'")
+        if self.cfg.freeze_encoder:
+            self.model.freeze_encoder()
+            model = self.model.to(self.device)
+            self.tokens = _cached(
+                Path(self.cfg.out) / "tokens.safetensors",
+                "tokens",
+                lambda: _batched(model.encode, self.images, self.device),
+            )  # (num_items, N)
         self.setup_pixel_losses()
+
+    def build_model(self):
+        if not self.cfg.init:
+            return super().build_model()
+        if self.cfg.model_overrides:
+            raise ValueError("model_overrides do not apply to an init checkpoint (its config is kept)")
+        return load_checkpoint(self.cfg.init)
+
+    def quantizer(self):
+        return None if self.cfg.freeze_encoder else super().quantizer()  # a frozen codebook is not restarted
+
+    def loss(self, idx, step):
+        if not self.cfg.freeze_encoder:
+            return super().loss(idx, step)
+        zq = self.model.tokens_to_latents(self.tokens[idx].to(self.device))  # (B, C, 1, N)
+        return self.pixel_loss(self.model.decode(zq), self.batch_images(idx), step)
 
 
 class VQGANRecipe(_PixelRecipe):
