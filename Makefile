@@ -100,8 +100,10 @@ ship: setup-dev data
 	$(PY) -m training classifier --steps 2000 --out checkpoints/fmnist-classifier
 	$(PY) -m training train configs/titok-fmnist-32.yaml
 	$(PY) -m training train configs/generator-fmnist.yaml
+	$(PY) -m training train configs/titok-fmnist-32-decoder-ft.yaml init=runs/titok-fmnist-32/checkpoint
 	rm -rf $(FAMILY) && mkdir -p $(FAMILY)
-	cp -r runs/titok-fmnist-32/checkpoint $(FAMILY)/tokenizer && cp -r runs/generator-fmnist/checkpoint $(FAMILY)/generator
+	cp -r runs/titok-fmnist-32-decoder-ft/checkpoint $(FAMILY)/tokenizer
+	cp -r runs/generator-fmnist/checkpoint $(FAMILY)/generator
 	$(PY) -m training sweep --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
 		--classifier checkpoints/fmnist-classifier --steps 4,8 --guidance 2,3,4 --temperature 2,3 \
 		--num-per-class 100 --out docs/sampling-confirm.json --write-defaults

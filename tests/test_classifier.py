@@ -70,3 +70,13 @@ def test_the_shipped_classifier_loads_and_classifies():
     model = load_checkpoint("checkpoints/fmnist-classifier", kind="fmnist-classifier")
     images, labels = load_fashion_mnist("test", limit=200)
     assert evaluate_accuracy(model, images, labels) > 0.85  # 92.9% on the whole test set
+
+
+def test_a_judge_of_another_width_saves_and_loads(tmp_path):
+    torch.manual_seed(0)
+    judge = FMNISTClassifier(ClassifierConfig(widths=(8, 16, 24))).eval()
+    loaded = load_checkpoint(save_checkpoint(judge, tmp_path / "judge"), kind="fmnist-classifier")
+    assert loaded.config.widths == (8, 16, 24)
+    images, _ = load_fashion_mnist("test", limit=4)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), judge(images))

@@ -25,7 +25,7 @@ from training.evaluation import (
 )
 from training.evaluation.cli import main
 from training.evaluation.probe import token_features
-from training.models import FMNISTClassifier, GeneratorConfig, TiTokConfig, VQGANConfig, build_model
+from training.models import ClassifierConfig, FMNISTClassifier, GeneratorConfig, TiTokConfig, VQGANConfig, build_model
 from training.report import save_grid
 
 TITOK = TiTokConfig(
@@ -107,6 +107,23 @@ def test_a_perfect_reconstruction_scores_perfectly(tokenizer, classifier, data):
     feats, _ = classify(classifier, images)
     assert fid_from_features(feats, feats) == pytest.approx(0.0, abs=1e-6)
     assert fid_from_features(feats, feats + 1.0) == pytest.approx(feats.shape[1], rel=1e-6)  # |mean shift|^2
+
+
+def test_class_kept_by_the_classifier_and_an_independent_judge(tokenizer, classifier, data):
+    images, labels = data
+    torch.manual_seed(1)
+    judge = FMNISTClassifier(ClassifierConfig(widths=(8, 16, 32))).eval()
+    r = evaluate_reconstruction(tokenizer, images, classifier, batch_size=24, labels=labels, judge=judge)
+    for key in ("class_kept", "class_kept_judge"):
+        assert set(r[key]) == {"accuracy_original", "accuracy_reconstructed", "agreement"}
+        assert all(0.0 <= v <= 1.0 for v in r[key].values())
+    assert r["class_kept"] != r["class_kept_judge"]  # two different networks
+    tokens, _ = reconstruct(tokenizer, images)
+    perfect = reconstruction_metrics(images, images.clone(), tokens, 32, classifier, labels=labels, judge=judge)
+    for key in ("class_kept", "class_kept_judge"):
+        k = perfect[key]
+        assert k["agreement"] == 1.0 and k["accuracy_reconstructed"] == k["accuracy_original"]
+    assert "class_kept" not in evaluate_reconstruction(tokenizer, images[:8], classifier)  # no labels, no class kept
 
 
 def test_reconstruction_rejects_a_non_tokenizer(data, generator):
@@ -209,16 +226,27 @@ def test_main_end_to_end(tmp_path, tokenizer, generator, classifier, capsys):
     save_checkpoint(classifier, tmp_path / "cls")
     out, grids = tmp_path / "results" / "eval.json", tmp_path / "docs"
     argv = ["--tokenizer", str(tmp_path / "tok"), "--generator", str(tmp_path / "gen")]
-    argv += ["--classifier", str(tmp_path / "cls"), "--teacher", str(tmp_path / "teacher")]
+    argv += [
+        "--classifier",
+        str(tmp_path / "cls"),
+        "--teacher",
+        str(tmp_path / "teacher"),
+        "--judge",
+        str(tmp_path / "cls"),
+    ]
     argv += ["--num-test", "32", "--num-per-class", "2", "--probe-train", "64", "--probe-steps", "10"]
     argv += ["--guidance-scale", "1.5", "--out", str(out), "--grid-dir", str(grids)]
     main(argv)
 
     printed = capsys.readouterr().out
     assert FID_NOTE in printed and "| tokenizer (TiTok 1D" in printed and "| teacher" in printed
+    assert "class kept*" in printed and "class kept (judge)" in printed and "class acc. (judge)" in printed
     doc = json.loads(out.read_text())
     assert set(doc["reconstruction"]) == {"tokenizer", "teacher"}
     assert doc["reconstruction"]["tokenizer"]["num_images"] == 32 and "rfid" in doc["reconstruction"]["teacher"]
+    kept = doc["reconstruction"]["tokenizer"]["class_kept"]
+    assert kept == doc["reconstruction"]["tokenizer"]["class_kept_judge"]  # the judge is the same network here
+    assert doc["generation"]["class_accuracy_judge"] == doc["generation"]["class_accuracy"]
     assert doc["generation"]["num_images"] == 20 and doc["generation"]["settings"]["guidance_scale"] == 1.5
     assert "images" not in doc["generation"] and 0.0 <= doc["linear_probe"]["accuracy"] <= 1.0
     with Image.open(grids / "reconstructions.png") as img:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from training.metrics import (
+    class_kept,
     codebook_usage,
     feature_stats,
     frechet_distance,
@@ -104,3 +105,16 @@ def test_codebook_usage_on_known_indices():
     assert codebook_usage(np.array([5, 5, 5]), 8)["perplexity"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="indices"):
         codebook_usage(torch.tensor([8]), 8)
+
+
+def test_class_kept_counts_hits_on_both_sides_and_agreement():
+    labels = np.array([0, 1, 2, 1])
+    real = np.eye(3)[[0, 1, 2, 2]]  # right, right, right, wrong
+    recon = np.eye(3)[[0, 2, 2, 2]]  # right, wrong, right, wrong (the same wrong answer as on the original)
+    assert class_kept(real, recon, torch.tensor(labels)) == {
+        "accuracy_original": 0.75,
+        "accuracy_reconstructed": 0.5,
+        "agreement": 0.75,
+    }
+    with pytest.raises(ValueError, match="logits"):
+        class_kept(real, recon[:3], labels)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 from PIL import Image
-from training.evaluation import decode, reconstruct
 
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import load_fashion_mnist
+from training.evaluation import decode, reconstruct
 from training.metrics import psnr
 from training.models import TiTokConfig, build_model
 from training.token_probe import first_k, main, swapped

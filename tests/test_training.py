@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from training.data import FASHION_MNIST_CLASSES
+from training.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from training.models import FMNISTClassifier
 from training.train import load_config, lr_factor, train
 
@@ -65,6 +66,16 @@ def runs(tmp_path_factory):
         "steps=3",
         f"teacher={tmp / 'vqgan/checkpoint'}",
     )
+    run(
+        tmp,
+        "decoder-ft",
+        "recipe=tokenizer",
+        f"init={tmp / 'tokenizer/checkpoint'}",
+        "freeze_encoder=true",
+        "steps=3",
+        "perceptual_weight=0.1",
+        f"perceptual_net={tmp / 'classifier'}",
+    )
     run(tmp, "stage2", "recipe=proxy-stage2", "steps=3", f"init={tmp / 'stage1/checkpoint'}", "adversarial_weight=0.1")
     run(
         tmp,
@@ -78,7 +89,7 @@ def runs(tmp_path_factory):
     return tmp
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "vqgan", "stage1", "stage2", "generator"])
+@pytest.mark.parametrize("name", ["tokenizer", "decoder-ft", "vqgan", "stage1", "stage2", "generator"])
 def test_each_recipe_writes_a_checkpoint_that_loads(runs, name):
     model = load_checkpoint(runs / name / "checkpoint")
     assert not model.training
@@ -99,6 +110,29 @@ def test_proxy_stages_share_the_teacher(runs):
     assert torch.equal(stage2.encoder.conv_out.weight, stage1.encoder.conv_out.weight)
     assert torch.equal(stage2.quantize.embedding.weight, stage1.quantize.embedding.weight)
     assert not torch.equal(stage2.pixel_decoder.conv_out.weight, stage1.pixel_decoder.conv_out.weight)
+
+
+def test_decoder_fine_tuning_keeps_every_token(runs):
+    """init + freeze_encoder: the decoder moves, the encoder, latent tokens and codebook do not, so each image keeps
+    its tokens (and a generator trained on them stays valid)."""
+    base = load_checkpoint(runs / "tokenizer/checkpoint")
+    tuned = load_checkpoint(runs / "decoder-ft/checkpoint")
+    a, b = base.state_dict(), tuned.state_dict()
+    frozen = [k for k in a if not k.startswith("decoder.")]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)
+    assert not all(torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    cached = load_file(str(runs / "decoder-ft/tokens.safetensors"))["tokens"]
+    images = load_fashion_mnist("train", limit=len(cached))[0][:32]
+    assert torch.equal(tuned.encode(images), base.encode(images))
+    assert torch.equal(cached[:32], base.encode(images))
+
+
+def test_decoder_fine_tuning_resumes_exactly(tmp_path, runs):
+    extra = ["recipe=tokenizer", f"init={runs / 'tokenizer/checkpoint'}", "freeze_encoder=true", "steps=4"]
+    run(tmp_path, "straight", *extra, "ckpt_every=2")
+    run(tmp_path, "resumed", *extra, "ckpt_every=2", "stop_at=2")
+    run(tmp_path, "resumed", *extra, "ckpt_every=2")
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
 
 
 def test_pixel_losses_are_logged(runs):
@@ -187,6 +221,8 @@ def test_config_errors_are_clear(tmp_path):
         load_config(None, ["stepz=3"])
     with pytest.raises(ValueError, match="unknown recipe"):
         load_config(None, ["recipe=nope"])
+    with pytest.raises(ValueError, match="model_overrides do not apply"):
+        run(tmp_path, "t", "recipe=tokenizer", "init=checkpoints/titok-fmnist/tokenizer", "model_overrides={depth: 1}")
     with pytest.raises(ValueError, match="needs tokenizer"):
         run(tmp_path, "g", "recipe=generator", "model=generator-fmnist", "steps=1")
 

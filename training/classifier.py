@@ -11,7 +11,7 @@ from torch import nn
 
 from .checkpoint import save_checkpoint
 from .inference import device_of, map_batches
-from .models import FMNISTClassifier
+from .models import ClassifierConfig, FMNISTClassifier
 from .models.blocks import to_unit_float
 from .report import markdown_table
 
@@ -38,6 +38,7 @@ def train_classifier(
     seed: int = 0,
     device: str | torch.device = "cpu",
     history: list[float] | None = None,
+    widths: tuple[int, int, int] = (32, 64, 128),
 ) -> FMNISTClassifier:
     """Train an FMNISTClassifier (AdamW, warmup + cosine, shift/flip augmentation); returned in eval mode.
 
@@ -45,7 +46,7 @@ def train_classifier(
     """
     torch.manual_seed(seed)  # weight init
     rng = torch.Generator().manual_seed(seed)  # batches and augmentation
-    model = FMNISTClassifier().to(device)
+    model = FMNISTClassifier(ClassifierConfig(widths=widths)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     warmup = max(1, min(100, steps // 10))
 
@@ -98,11 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--widths", default="32,64,128", help="channels of the three conv stages (a judge: others)")
     args = parser.parse_args(argv)
+    widths = tuple(int(w) for w in args.widths.split(","))
     x, y = load_fashion_mnist("train")
     xt, yt = load_fashion_mnist("test")
     start = time.time()
-    model = train_classifier(x, y, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
+    model = train_classifier(x, y, steps=args.steps, batch_size=args.batch_size, seed=args.seed, widths=widths)
     acc = evaluate_accuracy(model, xt, yt)
     meta = {"test_accuracy": round(acc, 4), "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed}
     meta |= {"train_seconds": round(time.time() - start, 1), "class_names": list(FASHION_MNIST_CLASSES)}

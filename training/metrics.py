@@ -1,4 +1,4 @@
-"""Reconstruction and generation metrics: PSNR, SSIM, MAE/MSE, codebook usage, FID, Inception Score.
+"""Reconstruction and generation metrics: PSNR, SSIM, MAE/MSE, codebook usage, FID, Inception Score, class kept.
 
 Per-image metrics take float tensors (B, C, H, W) in [0, 1] (uint8 is accepted and scaled by 1/255) and return
 float64 tensors (B,). Everything is deterministic and accumulates in float64.
@@ -153,3 +153,18 @@ def inception_score(probs: np.ndarray, splits: int = 1) -> float:
         kl = (part * (np.log(safe) - np.log(np.where(py > 0, py, 1.0)))).sum(axis=1)  # (n,)
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores))
+
+
+def class_kept(real_logits: np.ndarray, recon_logits: np.ndarray, labels: np.ndarray | torch.Tensor) -> dict:
+    """How much of the class survives a reconstruction, by one classifier's logits (N, K) on originals and
+    reconstructions: its top-1 accuracy on each, and how often its prediction is unchanged (agreement)."""
+    real, recon = np.asarray(real_logits), np.asarray(recon_logits)
+    y = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if real.shape != recon.shape or real.ndim != 2 or y.shape != (len(real),) or len(y) == 0:
+        raise ValueError(f"need logits (N >= 1, K) twice and labels (N,): {real.shape}, {recon.shape}, {y.shape}")
+    p_real, p_recon = real.argmax(axis=1), recon.argmax(axis=1)
+    return {
+        "accuracy_original": float((p_real == y).mean()),
+        "accuracy_reconstructed": float((p_recon == y).mean()),
+        "agreement": float((p_real == p_recon).mean()),
+    }

@@ -178,11 +178,28 @@ def _pixel_run(model: nn.Module, inputs: RunInputs) -> Run:
 
 
 def tokenizer_recipe(inputs: RunInputs) -> Run:
-    """Single-stage TiTok (and the 2D ablation)."""
-    model = build_model(model_config(inputs.cfg))
+    """Single-stage TiTok (and the 2D ablation). With ``init`` it fine-tunes a checkpoint; with ``freeze_encoder``
+    only the decoder learns (the paper's decoder fine-tuning): every image keeps its tokens, so they are computed
+    once, and a generator trained on them stays valid."""
+    cfg = inputs.cfg
+    if cfg.init and cfg.model_overrides:
+        raise ValueError("model_overrides do not apply to an init checkpoint (its config is kept)")
+    model = load_checkpoint(cfg.init) if cfg.init else build_model(model_config(cfg))
     if not isinstance(model, TiTok) or model.config.decoder_head != "pixel":
         raise ValueError("recipe 'tokenizer' trains a TiTok with decoder_head 'pixel'")
-    return _pixel_run(model, inputs)
+    if not cfg.freeze_encoder:
+        return _pixel_run(model, inputs)
+    model.freeze_encoder()
+    tokens = _cached(
+        Path(cfg.out) / "tokens.safetensors", "tokens", lambda: _encode_all(model.to(inputs.device).encode, inputs)
+    )  # (N, T)
+    pixel = PixelLosses(inputs)
+
+    def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        zq = model.tokens_to_latents(tokens[idx].to(inputs.device))  # (B, C, 1, N)
+        return pixel(model.decode(zq), inputs.batch_images(idx), step)
+
+    return Run(model, loss, len(inputs.images), pixel=pixel)  # a frozen codebook is not restarted
 
 
 def vqgan_recipe(inputs: RunInputs) -> Run:

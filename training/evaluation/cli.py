@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="TiTok checkpoint folder")
     p.add_argument("--generator", help="generator checkpoint folder (needs --classifier)")
     p.add_argument("--classifier", help="FMNIST classifier folder: rFID, gFID, IS and class accuracy")
+    p.add_argument("--judge", help="an independent classifier folder (another seed/width): class kept by it too")
     p.add_argument("--teacher", help="2D teacher checkpoint folder (MaskGIT-VQGAN or a 2D TiTok), reconstruction only")
     p.add_argument(
         "--data-root",
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     tokenizer = load_checkpoint(args.tokenizer, args.device)
     classifier = load_checkpoint(args.classifier, args.device, kind="fmnist-classifier") if args.classifier else None
+    judge = load_checkpoint(args.judge, args.device, kind="fmnist-classifier") if args.judge else None
     test_images, test_labels = load_fashion_mnist("test", root=args.data_root, limit=args.num_test)
     data = {"dataset": "fashion-mnist", "root": args.data_root, "num_test": len(test_images)}
     print(f"Real images: the Fashion-MNIST test split, {len(test_images)} images from {args.data_root}\n")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     bs = args.batch_size
     results: dict = {"args": vars(args), "data": data, "fid_note": FID_NOTE, "reconstruction": {}}
     for name, model in models.items():
-        result = evaluate_reconstruction(model, test_images, classifier, bs, inception)
+        result = evaluate_reconstruction(model, test_images, classifier, bs, inception, test_labels, judge)
         results["reconstruction"][name] = {**result, "checkpoint": getattr(args, name)}
     tables = [reconstruction_table(results["reconstruction"])]
 
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
             bs,
             real_images=test_images,
             inception=inception,
+            judge=judge,
         )
         samples = samples_per_class(gen["images"], gen["labels"])
         results["generation"] = {**jsonable(gen), "checkpoint": args.generator}

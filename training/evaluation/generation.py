@@ -54,8 +54,10 @@ def evaluate_generation(
     *,
     real_images: torch.Tensor,
     inception: FeatureFn | None = None,
+    judge: nn.Module | None = None,
 ) -> dict:
-    """num_per_class samples per class, decoded: gFID (against ``real_images``), IS, class accuracy, images, labels."""
+    """num_per_class samples per class, decoded: gFID (against ``real_images``), IS, class accuracy (also by an
+    independent ``judge`` classifier when given), images, labels."""
     if num_per_class < 1:
         raise ValueError(f"num_per_class must be >= 1, not {num_per_class}")
     check_pair(tokenizer.config, generator.config)
@@ -90,6 +92,10 @@ def evaluate_generation(
         "per_class_accuracy": [float(hits[labels.numpy() == c].mean()) for c in range(cfg.num_classes)],
         "codebook_usage": codebook_usage(tokens, cfg.codebook_size),
     }
+    if judge is not None:
+        out["class_accuracy_judge"] = float(
+            (classify(judge, images, batch_size)[1].argmax(axis=1) == labels.numpy()).mean()
+        )
     if inception is not None:
         out["gfid_inception"] = fid_from_features(extract(inception, real_images, 64), extract(inception, images, 64))
     return {**out, "images": images, "labels": labels}  # callers drop the tensors with jsonable() before JSON
@@ -122,6 +128,8 @@ def generation_table(name: str, r: dict) -> str:
         f"{r['inception_score']:.2f}",
         f"{r['class_accuracy']:.3f}",
     ]
+    if "class_accuracy_judge" in r:
+        header, row = header + ["class acc. (judge)"], row + [f"{r['class_accuracy_judge']:.3f}"]
     if "gfid_inception" in r:
         header, row = header + ["Inception gFID"], row + [f"{r['gfid_inception']:.2f}"]
     note = f"\n\n\\* {FID_NOTE}; IS is exp(mean KL) over the same classifier's softmax."

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..inference import batches, device_of, eval_mode, to_uint8
-from ..metrics import codebook_usage, mae, mse, psnr, ssim
+from ..metrics import class_kept, codebook_usage, mae, mse, psnr, ssim
 from ..models import MaskGITVQGAN, TiTok
 from ..report import fmt, markdown_table
 from .features import FID_NOTE, FeatureFn, classify, extract, fid_from_features
@@ -85,8 +85,14 @@ def reconstruction_metrics(
     classifier: nn.Module | None = None,
     inception: FeatureFn | None = None,
     batch_size: int = 256,
+    labels: torch.Tensor | None = None,
+    judge: nn.Module | None = None,
 ) -> dict:
-    """Mean PSNR/SSIM/MAE/MSE ([0, 1] scale), codebook usage, and rFID when a classifier (or Inception) is given."""
+    """Mean PSNR/SSIM/MAE/MSE ([0, 1] scale), codebook usage, and rFID when a classifier (or Inception) is given.
+
+    With labels, also class kept (``metrics.class_kept``) by the classifier and by an independent ``judge``
+    classifier: the perceptual loss trains on the first one's features, so it is not an unbiased witness.
+    """
     per_image = {name: [] for name in PER_IMAGE_METRICS}
     for a, b in zip(batches(real, batch_size), batches(recon, batch_size), strict=True):
         for name, fn in PER_IMAGE_METRICS.items():
@@ -94,8 +100,15 @@ def reconstruction_metrics(
     out = {name: float(torch.cat(values).mean()) for name, values in per_image.items()}
     out["codebook_usage"] = codebook_usage(tokens, codebook_size)
     if classifier is not None:
-        out["rfid"] = fid_from_features(
-            classify(classifier, real, batch_size)[0], classify(classifier, recon, batch_size)[0]
+        (real_feats, real_logits), (recon_feats, recon_logits) = (
+            classify(classifier, x, batch_size) for x in (real, recon)
+        )
+        out["rfid"] = fid_from_features(real_feats, recon_feats)
+        if labels is not None:
+            out["class_kept"] = class_kept(real_logits, recon_logits, labels)
+    if judge is not None and labels is not None:
+        out["class_kept_judge"] = class_kept(
+            classify(judge, real, batch_size)[1], classify(judge, recon, batch_size)[1], labels
         )
     if inception is not None:
         out["rfid_inception"] = fid_from_features(extract(inception, real, 64), extract(inception, recon, 64))
@@ -108,20 +121,30 @@ def evaluate_reconstruction(
     classifier: nn.Module | None = None,
     batch_size: int = 256,
     inception: FeatureFn | None = None,
+    labels: torch.Tensor | None = None,
+    judge: nn.Module | None = None,
 ) -> dict:
     """Reconstruct the images with a TiTok or a MaskGIT-VQGAN and report the metrics of reconstruction_metrics."""
     tokens, recon = reconstruct(tokenizer, images_uint8, batch_size)
     metrics = reconstruction_metrics(
-        images_uint8, recon, tokens, tokenizer.config.codebook_size, classifier, inception, batch_size
+        images_uint8, recon, tokens, tokenizer.config.codebook_size, classifier, inception, batch_size, labels, judge
     )
     info = {"model": describe(tokenizer), **structure(tokenizer), "num_images": len(images_uint8)}
     return {**info, "codebook_size": tokenizer.config.codebook_size, **metrics}
 
 
+def _kept(r: dict, key: str) -> str:
+    """Class kept as "reconstructions% (originals%)", or a dash."""
+    k = r.get(key)
+    return "—" if k is None else f"{k['accuracy_reconstructed']:.1%} ({k['accuracy_original']:.1%})"
+
+
 def reconstruction_table(results: dict[str, dict]) -> str:
-    """One row per model: tokens, codebook, PSNR, SSIM, MAE, MSE, codebook usage, rFID (and Inception rFID)."""
+    """One row per model: tokens, codebook, PSNR, SSIM, MAE, MSE, codebook usage, rFID, class kept (by the
+    classifier and by the judge, when measured) and Inception rFID."""
     header = ["model", "tokens", "codebook", "PSNR (dB)", "SSIM", "MAE", "MSE", "codes used", "perplexity", "rFID*"]
     inception = any("rfid_inception" in r for r in results.values())
+    kept = [k for k in ("class_kept", "class_kept_judge") if any(k in r for r in results.values())]
     rows = []
     for name, r in results.items():
         use = r["codebook_usage"]
@@ -138,7 +161,12 @@ def reconstruction_table(results: dict[str, dict]) -> str:
                 f"{use['perplexity']:.1f}",
                 fmt(r.get("rfid"), ".3f"),
             ]
+            + [_kept(r, k) for k in kept]
             + ([fmt(r.get("rfid_inception"), ".2f")] if inception else [])
         )
+    header += [{"class_kept": "class kept*", "class_kept_judge": "class kept (judge)"}[k] for k in kept]
     header += ["Inception rFID"] if inception else []
-    return markdown_table(header, rows) + f"\n\n\\* {FID_NOTE}. MAE and MSE on the [0, 1] scale."
+    note = f"\n\n\\* {FID_NOTE}. MAE and MSE on the [0, 1] scale."
+    if kept:
+        note += " Class kept: the classifier's accuracy on the reconstructions (on the originals)."
+    return markdown_table(header, rows) + note
