@@ -35,6 +35,7 @@ class SamplingDefaults(BaseModel):
     guidance_scale: float
     guidance_schedule: Schedule
     temperature: float
+    softmax_annealing: bool = Field(description="Temperature annealed over the steps (the released models' sampler).")
 
 
 class ModelCard(BaseModel):
