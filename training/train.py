@@ -275,8 +275,19 @@ def train(cfg: TrainConfig) -> dict:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    owns_group = world > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    summary = _train(cfg, world, rank, device)
+    if owns_group:
+        # every rank leaves together: a rank that exits with the group alive can abort in gloo's threads
+        # ("terminate called without an active exception") while the other still writes its checkpoint
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} does not split over {world} processes")
     out = Path(cfg.out)
