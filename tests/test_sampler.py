@@ -15,6 +15,7 @@ from titok_core.sampler import (
     hidden_before,
     start_step,
     strength_mask,
+    vary,
 )
 
 N, K, C = 8, 16, 5  # tokens per image, codebook size (= mask id), real classes (C = null class)
@@ -320,3 +321,18 @@ def test_resume_errors():
         Generation.resume(SOURCE + K, [1], 0, 0, SamplingSettings(), codebook_size=K, num_classes=C)
     with pytest.raises(ValueError, match="hidden must"):
         start_step(0, N, 8)
+
+
+def test_vary_runs_mixed_start_steps_together_as_each_alone():
+    fn = make_logits_fn()
+    settings = SamplingSettings(num_steps=6, guidance_scale=2.0, temperature=4.0)
+    hidden = [strength_mask(s, i, N) for i, s in enumerate((0.0, 0.25, 0.5, 1.0, 0.75))]
+    classes, seeds = [0, 1, C, 3, 4], [5, 6, 7, 8, 9]
+    sources = np.stack([SOURCE] * 5)
+    together = vary(fn, sources, hidden, classes, seeds, codebook_size=K, num_classes=C, settings=settings)
+    chunked = vary(fn, sources, hidden, classes, seeds, codebook_size=K, num_classes=C, settings=settings, batch_size=2)
+    np.testing.assert_array_equal(together, chunked)
+    for i in range(5):
+        gen = Generation.resume(SOURCE, hidden[i], classes[i], seeds[i], settings, codebook_size=K, num_classes=C)
+        np.testing.assert_array_equal(together[i], run(gen, fn))
+    np.testing.assert_array_equal(together[0], SOURCE)

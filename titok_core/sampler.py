@@ -314,3 +314,36 @@ def generate(
     if not gens:
         return np.zeros((0, seq_len), dtype=np.int64)
     return np.stack([gen.tokens for gen in gens])
+
+
+def vary(
+    logits_fn: LogitsFn,
+    sources: np.ndarray,
+    hidden: Sequence[Sequence[int] | np.ndarray],
+    class_ids: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    codebook_size: int,
+    num_classes: int,
+    settings: SamplingSettings | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """Variations (B, N) int64 of ``sources`` (B, N): item i re-generates its ``hidden[i]`` positions for
+    ``class_ids[i]`` (num_classes: unconditional) with ``seeds[i]``; items that start at other steps share the
+    generator calls of the steps they have in common, and chunking (``batch_size``) does not change the result."""
+    settings = SamplingSettings() if settings is None else settings
+    if not len(sources) == len(hidden) == len(class_ids) == len(seeds):
+        raise ValueError("sources, hidden, class_ids and seeds must have one entry per item")
+    dims = dict(codebook_size=codebook_size, num_classes=num_classes)
+    gens = [
+        Generation.resume(t, h, c, s, settings, **dims)
+        for t, h, c, s in zip(np.asarray(sources), hidden, class_ids, seeds, strict=True)
+    ]
+    chunk = batch_size or max(len(gens), 1)
+    for begin in range(0, len(gens), chunk):
+        while pending := [g for g in gens[begin : begin + chunk] if not g.done]:
+            tokens, classes, rows = build_batch(pending)
+            advance(pending, logits_fn(tokens, classes), rows)
+    if not gens:
+        return np.zeros((0, np.asarray(sources).reshape(0, -1).shape[1]), dtype=np.int64)
+    return np.stack([gen.tokens for gen in gens])
