@@ -4,6 +4,7 @@ the request's deadline and connection."""
 
 import asyncio
 import hmac
+import re
 import time
 from collections.abc import Awaitable
 from email.message import Message
@@ -144,7 +145,7 @@ def _form_item(key: str, text: str) -> int | str | None:
     text = text.strip()
     if key == "class_labels" and text.lower() in ("", "null", "none"):
         return None
-    return int(text) if text.lstrip("-").isdigit() else text
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
 
 
 async def read_variation(request: Request, settings: SettingsDep) -> tuple[VariationsRequest, bytes | None]:

@@ -154,8 +154,9 @@ async def test_bad_variation_forms_and_media_types(model_repository):
         assert_error(r, 415, "unsupported_media_type")
         two = [("image", ("a.png", b"x", "image/png")), ("file", ("b.png", b"y", "image/png"))]
         assert_error(await client.post("/v1/variations", files=two, data={"strength": "0.5"}), 400, "invalid_request")
-        r = await client.post("/v1/variations", data={"tokens": ",".join(map(str, SOURCE)), "mask": "1,x"})
-        assert_error(r, 422, "validation_error")
+        for mask in ("1,x", "--5", "\u00b2"):
+            r = await client.post("/v1/variations", data={"tokens": ",".join(map(str, SOURCE)), "mask": mask})
+            assert_error(r, 422, "validation_error")
 
 
 # ---------------------------------------------------------------------------------------------------
