@@ -1,8 +1,10 @@
 """The routes' FastAPI dependencies: what they read from ``app.state``, the API key, media types, the image uploads
-of /v1/tokenize, and the ``Call`` that runs engine work under the request's deadline and connection."""
+of /v1/tokenize, the body of /v1/variations (JSON or a multipart form), and the ``Call`` that runs engine work under
+the request's deadline and connection."""
 
 import asyncio
 import hmac
+import re
 import time
 from collections.abc import Awaitable
 from email.message import Message
@@ -17,7 +19,7 @@ from starlette.datastructures import UploadFile
 from . import images as imaging
 from .errors import ClientClosedRequest, DeadlineExceeded, InvalidRequest, Unauthorized, UnsupportedMediaType
 from .metrics import Metrics
-from .schemas import TokenizeRequest
+from .schemas import TokenizeRequest, VariationsRequest
 from .serving import Call, Serving
 from .settings import Settings
 
@@ -121,6 +123,56 @@ async def read_uploads(request: Request, settings: SettingsDep) -> tuple[str | N
     if not blobs:
         raise InvalidRequest("upload at least one image as `files`", "files")
     return name, blobs
+
+
+# -- the body of /v1/variations -------------------------------------------------------------------------
+
+_LIST_FIELDS = ("class_labels", "mask", "tokens")
+
+
+def _validated(model: type[T], data: str | bytes | dict) -> T:
+    """``model`` of JSON text or form data, its schema errors as FastAPI's (422 in the one error shape)."""
+    try:
+        if isinstance(data, dict):
+            return model.model_validate(data)  # type: ignore[attr-defined]
+        return model.model_validate_json(data)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def _form_item(key: str, text: str) -> int | str | None:
+    # a form carries only text: class labels may be indices, names or null; positions and ids are integers
+    text = text.strip()
+    if key == "class_labels" and text.lower() in ("", "null", "none"):
+        return None
+    return int(text) if re.fullmatch(r"-?[0-9]+", text) else text
+
+
+async def read_variation(request: Request, settings: SettingsDep) -> tuple[VariationsRequest, bytes | None]:
+    """The request and the uploaded source image, from JSON (base64 `image` or `tokens`) or a form (multipart with
+    the file `image`, or url-encoded with `tokens`; the other fields as text, lists comma-separated or repeated)."""
+    kind = media_type(request)
+    if kind == "application/json":
+        return _validated(VariationsRequest, await request.body()), None
+    if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {kind or 'nothing'}")
+    data: dict[str, object] = {}
+    upload = None
+    async with request.form(max_files=2, max_fields=32) as form:  # closes spooled files
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key not in ("image", "file") or upload is not None:
+                    raise InvalidRequest("upload exactly one file, as `image`", key)
+                if (value.content_type or "").lower() not in _UPLOAD_TYPES:
+                    raise UnsupportedMediaType(f"{value.content_type} is not a PNG, JPEG or WebP", "image")
+                upload = await value.read()
+            elif key in _LIST_FIELDS:
+                items = data.setdefault(key, [])
+                assert isinstance(items, list)
+                items.extend(_form_item(key, part) for part in value.split(","))
+            else:
+                data[key] = value
+    return _validated(VariationsRequest, data), upload
 
 
 # -- the request's deadline and connection -------------------------------------------------------------

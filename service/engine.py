@@ -176,3 +176,24 @@ class ServedModel:
         gens = [Generation.start(c, s, settings, **dims) for c, s in zip(class_ids, seeds, strict=True)]
         tokens = await self.scheduler.generate(gens, request_id=request_id)
         return tokens, await self.decoder.submit(tokens, request_id=request_id)
+
+    async def vary(
+        self,
+        source: np.ndarray,
+        hidden: list[np.ndarray],
+        class_ids: list[int],
+        seeds: list[int],
+        settings: SamplingSettings,
+        request_id: str = "",
+    ):
+        """Tokens (B, N) and images (B, H, W, 3) of variations of ``source`` (N,): item i re-generates the positions
+        ``hidden[i]`` for ``class_ids[i]`` (num_classes: unconditional) with ``seeds[i]``, scheduled and decoded
+        alongside every other generation."""
+        info = self.info
+        dims = dict(codebook_size=info.codebook_size, num_classes=info.num_classes)
+        gens = [
+            Generation.resume(source, h, c, s, settings, **dims)
+            for h, c, s in zip(hidden, class_ids, seeds, strict=True)
+        ]
+        tokens = await self.scheduler.generate(gens, request_id=request_id)
+        return tokens, await self.decoder.submit(tokens, request_id=request_id)

@@ -36,7 +36,7 @@ class Metrics:
         )
         self.images_generated = Counter("titok_images_generated", "Images generated", ["model"], registry=r)
         self.tokens_produced = Counter(
-            "titok_tokens_produced", "Token ids produced (tokenize and generate)", ["model", "route"], registry=r
+            "titok_tokens_produced", "Token ids produced, by route", ["model", "route"], registry=r
         )
 
     def render(self) -> bytes:

@@ -16,6 +16,7 @@ from .dependencies import (
     ServingDep,
     accepted_image,
     read_uploads,
+    read_variation,
     require_json,
     require_key,
 )
@@ -29,6 +30,8 @@ from .schemas import (
     ModelList,
     TokenizeRequest,
     TokenizeResponse,
+    VariationsRequest,
+    VariationsResponse,
 )
 from .serving import RawImage
 
@@ -48,6 +51,22 @@ _TOKENIZE_BODY = {
                         "model": {"type": "string"},
                     },
                     "required": ["files"],
+                }
+            },
+        },
+    }
+}
+_VARIATIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": VariationsRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "description": "The source image as the file `image`, every other field of the JSON form as "
+                    "text (lists comma-separated or repeated).",
+                    "properties": {"image": {"type": "string", "format": "binary"}},
                 }
             },
         },
@@ -109,6 +128,24 @@ async def detokenize(
 )
 async def generate(body: GenerateRequest, serving: ServingDep, call: CallDep) -> Response:
     return _json(await serving.generate(body, call), exclude_none=True)
+
+
+@router.post(
+    "/v1/variations",
+    dependencies=[_KEY],
+    responses=_ERRORS,
+    response_model=VariationsResponse,
+    openapi_extra=_VARIATIONS_BODY,
+    summary="Variations of an image: a share of its tokens re-generated, for a target class (class transfer)",
+)
+async def variations(
+    parsed: Annotated[tuple[VariationsRequest, bytes | None], Depends(read_variation)],
+    serving: ServingDep,
+    call: CallDep,
+) -> Response:
+    body, upload = parsed
+    answer = await serving.variations(body, upload, call)
+    return _json(answer, exclude=None if body.return_tokens else {"images": {"__all__": {"tokens"}}})
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")

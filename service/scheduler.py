@@ -75,7 +75,8 @@ class GenerationScheduler:
             req.future.cancel()
 
     async def generate(self, gens: list[Generation], request_id: str = "") -> np.ndarray:
-        """The final tokens (len(gens), N) of fresh generations, advanced alongside every other in flight."""
+        """The final tokens (len(gens), N) of ``gens`` (fresh or resumed), advanced alongside every other in
+        flight."""
         if self._waiting_items + len(gens) > self.max_queue:
             raise Overloaded(f"the generation queue of {self.model} is full; retry shortly")
         req = _Request(gens, asyncio.get_running_loop().create_future(), time.monotonic(), request_id)
@@ -119,7 +120,10 @@ class GenerationScheduler:
                 continue
             try:
                 ids = request_ids(r.request_id for r in self._active)
-                await self._step([g for r in self._active for g in r.gens], ids)
+                # a variation with nothing hidden starts done, and those of one request may start at other steps
+                pending = [g for r in self._active for g in r.gens if not g.done]
+                if pending:
+                    await self._step(pending, ids)
             except Exception as e:  # the backend's own failures as they are; anything else is a bug: 500
                 if not isinstance(e, ServiceError):
                     log.exception("generation step of %s failed", self.model)

@@ -16,6 +16,8 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from titok_core.sampler import SamplingSettings, strength_mask
+
 from . import images as imaging
 from .engine import ServedModel
 from .errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
@@ -34,6 +36,9 @@ from .schemas import (
     ModelList,
     SamplingDefaults,
     TokenizeResponse,
+    Variation,
+    VariationsRequest,
+    VariationsResponse,
 )
 from .settings import Settings
 
@@ -93,13 +98,15 @@ class Serving:
             model=info.family, tokens=tokens.tolist(), num_tokens=info.num_tokens, codebook_size=info.codebook_size
         )
 
-    async def _decode(self, blobs: list[bytes], size: int) -> np.ndarray:
-        """uint8 (B, size, size, 3): every header is checked before any pixel is decoded."""
+    async def _decode(self, blobs: list[bytes], size: int, names: list[str] | None = None) -> np.ndarray:
+        """uint8 (B, size, size, 3): every header is checked before any pixel is decoded; ``names`` are the
+        request fields of the blobs (images[i] by default)."""
         limit = self.settings.max_image_pixels
-        opened = [imaging.open_image(data, limit, f"images[{i}]") for i, data in enumerate(blobs)]  # headers only
+        names = names or [f"images[{i}]" for i in range(len(blobs))]
+        opened = [imaging.open_image(data, limit, names[i]) for i, data in enumerate(blobs)]  # headers only
 
         def decode() -> list[np.ndarray]:
-            return [imaging.preprocess(imaging.load_pixels(im, f"images[{i}]"), size) for i, im in enumerate(opened)]
+            return [imaging.preprocess(imaging.load_pixels(im, names[i]), size) for i, im in enumerate(opened)]
 
         # small images decode faster than the hop to a worker thread; large ones must not stall the event loop
         if sum(im.width * im.height for im in opened) <= _INLINE_DECODE_PIXELS:
@@ -130,29 +137,13 @@ class Serving:
     async def generate(self, body: GenerateRequest, call: Call) -> GenerateResponse:
         """Class-conditional images, label-major: ``n`` per label, image i with seed + i."""
         model = self.registry.get(body.model)
-        ids = self._class_ids(model, body.class_labels)
-        total = len(ids) * body.n
-        if total > self.settings.max_n:
-            raise InvalidRequest(f"at most {self.settings.max_n} images per request (class labels x n)", "n")
-        if body.num_steps is not None and body.num_steps > self.settings.max_steps:
-            raise InvalidRequest(f"at most {self.settings.max_steps} steps", "num_steps")
-        sampling = model.sampling(
-            num_steps=body.num_steps,
-            guidance_scale=body.guidance_scale,
-            guidance_schedule=body.guidance_schedule,
-            temperature=body.temperature,
-        )
-        base = body.seed if body.seed is not None else secrets.randbelow(2**31)  # random seeds are returned
-        class_ids = [c for c in ids for _ in range(body.n)]  # label-major
-        seeds = [base + i for i in range(total)]
+        class_ids, seeds, sampling = self._plan(model, self._class_ids(model, body.class_labels), body)
         tokens, images = await call.run(model.generate(class_ids, seeds, sampling, call.request_id))
         files = await _encode(images, body.format)
-        family = model.info.family
-        self.metrics.images_generated.labels(family).inc(total)
-        self.metrics.tokens_produced.labels(family, "generate").inc(tokens.size)
+        self._count(model, "generate", tokens)
         return GenerateResponse(
             created=int(time.time()),
-            model=family,
+            model=model.info.family,
             format=body.format,
             images=[
                 GeneratedImage(
@@ -165,6 +156,94 @@ class Serving:
                 for f, c, s, t in zip(files, class_ids, seeds, tokens, strict=True)
             ],
         )
+
+    def _plan(
+        self, model: ServedModel, labels: list[int], body: GenerateRequest | VariationsRequest
+    ) -> tuple[list[int], list[int], SamplingSettings]:
+        """Per image (label-major, ``n`` per label): its class and seed (seed + i), and the sampling settings; the
+        request's size and steps are checked against the limits before any work."""
+        total = len(labels) * body.n
+        if total > self.settings.max_n:
+            raise InvalidRequest(f"at most {self.settings.max_n} images per request (class labels x n)", "n")
+        if body.num_steps is not None and body.num_steps > self.settings.max_steps:
+            raise InvalidRequest(f"at most {self.settings.max_steps} steps", "num_steps")
+        sampling = model.sampling(
+            num_steps=body.num_steps,
+            guidance_scale=body.guidance_scale,
+            guidance_schedule=body.guidance_schedule,
+            temperature=body.temperature,
+        )
+        base = body.seed if body.seed is not None else secrets.randbelow(2**31)  # random seeds are returned
+        return [c for c in labels for _ in range(body.n)], [base + i for i in range(total)], sampling
+
+    def _count(self, model: ServedModel, route: str, tokens: np.ndarray) -> None:
+        family = model.info.family
+        self.metrics.images_generated.labels(family).inc(len(tokens))
+        self.metrics.tokens_produced.labels(family, route).inc(tokens.size)
+
+    # -- variations ------------------------------------------------------------------------------------
+
+    async def variations(self, body: VariationsRequest, upload: bytes | None, call: Call) -> VariationsResponse:
+        """Variations of one source (an image sent as ``body.image`` or ``upload``, or its tokens): each image
+        re-generates its hidden positions (``strength``, drawn from its seed, or the explicit ``mask``) from the kept
+        tokens, label-major, image i with seed + i."""
+        model = self.registry.get(body.model)
+        info = model.info
+        image = imaging.decode_base64(body.image, "image") if body.image is not None else upload
+        if (image is None) == (body.tokens is None):
+            raise InvalidRequest("give the source as exactly one of `image` and `tokens`", "image")
+        if (body.strength is None) == (body.mask is None):
+            message = "give exactly one of `strength` (a fraction of the tokens) and `mask` (positions)"
+            raise InvalidRequest(message, "strength")
+        class_ids, seeds, sampling = self._plan(model, self._target_ids(model, body.class_labels), body)
+        if body.mask is not None:
+            for j, position in enumerate(body.mask):
+                if not 0 <= position < info.num_tokens:
+                    message = f"mask positions must lie in [0, {info.num_tokens}), not {position}"
+                    raise InvalidRequest(message, f"mask[{j}]")
+            if len(set(body.mask)) != len(body.mask):
+                raise InvalidRequest("mask positions must be distinct", "mask")
+            hidden = [np.asarray(sorted(body.mask), dtype=np.int64)] * len(seeds)
+        elif body.strength is not None:
+            hidden = [strength_mask(body.strength, s, info.num_tokens) for s in seeds]
+        if image is not None:
+            pixels = await self._decode([image], info.image_size, ["image"])
+            source = (await call.run(model.tokenize(pixels, call.request_id)))[0]
+        elif body.tokens is not None:
+            source = model.check_tokens([body.tokens], "tokens")[0]
+        work = model.vary(source, hidden, class_ids, seeds, sampling, call.request_id)
+        tokens, images = await call.run(work)
+        files = await _encode(images, body.format)
+        self._count(model, "variations", tokens)
+        return VariationsResponse(
+            created=int(time.time()),
+            model=info.family,
+            format=body.format,
+            source_tokens=source.tolist(),
+            images=[
+                Variation(
+                    b64_json=_b64(f),
+                    class_label=None if c == info.num_classes else c,
+                    class_name=None if c == info.num_classes else info.class_names[c],
+                    seed=s,
+                    regenerated=h.tolist(),
+                    tokens=t.tolist() if body.return_tokens else None,
+                )
+                for f, c, s, h, t in zip(files, class_ids, seeds, hidden, tokens, strict=True)
+            ],
+        )
+
+    @staticmethod
+    def _target_ids(model: ServedModel, class_labels: int | str | list[int | str | None] | None) -> list[int]:
+        """Like ``_class_ids``, with null (or nothing) for the null class: unconditional."""
+        null = model.info.num_classes
+        if class_labels is None:
+            return [null]
+        if not isinstance(class_labels, list):
+            return [model.class_id(class_labels, "class_labels")]
+        if not class_labels:
+            raise InvalidRequest("give at least one class label (null: unconditional)", "class_labels")
+        return [null if c is None else model.class_id(c, f"class_labels[{i}]") for i, c in enumerate(class_labels)]
 
     @staticmethod
     def _class_ids(model: ServedModel, class_labels: int | str | list[int | str]) -> list[int]:

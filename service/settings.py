@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * _MIB, ge=1024, description="request body limit (413 beyond it)")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="pixels per decoded image (413 beyond it)")
     max_images: int = Field(64, ge=1, description="images or token sequences per request")
-    max_n: int = Field(64, ge=1, description="images per generate request")
+    max_n: int = Field(64, ge=1, description="images per generate or variations request")
     max_steps: int = Field(64, ge=1, description="sampling steps per generate request")
 
     api_keys: Annotated[list[str], NoDecode] = Field([], description="comma-separated Bearer keys; empty: no auth")

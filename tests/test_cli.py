@@ -183,3 +183,30 @@ def test_usage_errors_exit_2(server, tmp_path):
     failed(titok("detokenize", str(tmp_path / "bad.json"), url=server.url), 2, "error: ")
     (tmp_path / "bad.json").write_text('{"items": [{"tokens": ["a"]}]}')
     failed(titok("detokenize", str(tmp_path / "bad.json"), url=server.url), 2, "error: ")
+
+
+def test_vary_an_image_split_requests_and_a_tokens_file(server, images, tmp_path):
+    # 5 variations are over the gateway's 4 per request: split, variation k keeps seed 3 + k
+    out = tmp_path / "vary"
+    args = ("vary", str(images[0]), "--strength", "0.5", "--class", "Dress", "-n", "5", "--seed", "3", "--tokens")
+    result = titok(*args, "-o", str(out), url=server.url)
+    assert result.returncode == 0, result.stderr
+    names = [f"fm0-dress-{s}.png" for s in range(3, 8)]
+    assert result.stdout.split() == [str(out / n) for n in names] + [str(out / "tokens.json")]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    image = base64.b64encode(images[0].read_bytes()).decode()
+    for name, seed in zip(names, range(3, 8), strict=True):
+        body = {"image": image, "strength": 0.5, "class_labels": "Dress", "seed": seed}
+        one = httpx.post(f"{server.url}/v1/variations", json=body, headers=auth, timeout=60).json()["images"][0]
+        assert (out / name).read_bytes() == base64.b64decode(one["b64_json"]), name
+    doc = json.loads((out / "tokens.json").read_text())
+    assert all(len(item["regenerated"]) == 16 for item in doc["items"])
+
+    # the tokens file as the source, an explicit mask, unconditional (no --class)
+    result = titok("vary", str(out / "tokens.json"), "--mask", "0,1,2", "--seed", "1", "-o", str(out), url=server.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(out / "tokens-unconditional-1.png")]
+    failed(titok("vary", str(images[0]), "--strength", "0.5", "--mask", "1", url=server.url), 2, "error: ")
+    assert titok("vary", str(images[0]), "--strength", "1.5").returncode == 2
+    line = failed(titok("vary", str(images[0]), "--mask", "40", "-o", str(tmp_path), url=server.url), 1, "error: ")
+    assert line.startswith("error: invalid_request: mask positions must lie in [0, 32)")

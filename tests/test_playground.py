@@ -172,3 +172,65 @@ def test_playground_in_chromium(server, sneaker, tmp_path):
     assert shot.stat().st_size < 200_000
     if os.environ.get("TITOK_UPDATE_SCREENSHOT"):
         shutil.copy(shot, ROOT / "docs" / "playground.png")
+
+
+def test_variations_in_the_playground(server, sneaker, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    tokens = httpx.post(
+        f"{server.url}/v1/tokenize", json={"images": [base64.b64encode(sneaker.read_bytes()).decode()]}, headers=AUTH
+    ).json()["tokens"][0]
+    body = {"tokens": tokens, "mask": [0, 1, 5], "class_labels": 3, "n": 4, "seed": 5, "return_tokens": True}
+    expected = httpx.post(f"{server.url}/v1/variations", json=body, headers=AUTH, timeout=60).json()["images"]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        problems = []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.set_default_timeout(30_000)
+        page.goto(server.url)
+        page.evaluate(f"localStorage.setItem('titok.apiKey', '{KEY}')")
+        page.reload()
+        expect(page.locator("#vary-class option")).to_have_count(11)  # unconditional + 10 classes
+        page.set_input_files("#file", str(sneaker))
+        expect(page.locator("#psnr")).to_contain_text("dB")
+
+        # the strength slider says how many tokens it hides; clicked chips take over from it
+        page.locator("#strength").evaluate("s => { s.value = 0.25; s.dispatchEvent(new Event('input')); }")
+        expect(page.locator("#strength-out")).to_have_text("8 of 32 tokens")
+        chips = page.locator("#tokens .chip")
+        for i in (0, 1, 5, 7):
+            chips.nth(i).click()
+        chips.nth(7).click()  # a second click un-hides it
+        expect(page.locator("#strength-out")).to_have_text("3 clicked token(s)")
+        assert page.locator("#strength").is_disabled()
+        page.select_option("#vary-class", "3")
+        page.fill("#vary-n", "4")
+        page.fill("#vary-seed", "5")
+        page.click("#vary-button")
+        figures = page.locator("#variations figure")
+        expect(figures).to_have_count(4)
+        expect(figures.locator("figcaption")).to_have_text([f"Dress \u00b7 seed {s} \u00b7 3 new" for s in range(5, 9)])
+        sources = figures.locator("img").evaluate_all("imgs => imgs.map(i => i.src)")
+        assert sources == [f"data:image/png;base64,{v['b64_json']}" for v in expected]  # the API's bytes
+        assert page.locator("#vary-source").evaluate("img => img.naturalWidth") == 32
+        page.screenshot(path=tmp_path / "variations.png")
+
+        # a variation's tokens go into the editor; unconditional by strength; an error in the one shape
+        figures.nth(1).click()
+        expect(page.locator("#psnr")).to_have_text("\u221e dB")
+        ids = page.locator("#tokens input").evaluate_all("inputs => inputs.map(i => Number(i.value))")
+        assert ids == expected[1]["tokens"]
+        page.select_option("#vary-class", "")
+        page.click("#vary-button")
+        expect(figures.locator("figcaption").first).to_contain_text("unconditional \u00b7 seed 5 \u00b7 8 new")
+        page.fill("#vary-n", "65")
+        page.click("#vary-button")
+        expect(page.locator("#error")).to_contain_text("400 invalid_request: at most 64 images per request")
+        assert problems == []
+        browser.close()
+    if os.environ.get("TITOK_UPDATE_SCREENSHOT"):
+        # a 256-colour palette keeps the page's colours at a third of the bytes
+        shot = Image.open(tmp_path / "variations.png").convert("RGB").quantize(256)
+        shot.save(ROOT / "docs" / "playground-variations.png", optimize=True)

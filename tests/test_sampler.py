@@ -12,6 +12,10 @@ from titok_core.sampler import (
     build_batch,
     generate,
     guidance_scale_at,
+    hidden_before,
+    start_step,
+    strength_mask,
+    vary,
 )
 
 N, K, C = 8, 16, 5  # tokens per image, codebook size (= mask id), real classes (C = null class)
@@ -219,3 +223,116 @@ def test_call_errors():
     step([gen], make_logits_fn())
     with pytest.raises(ValueError, match="done"):
         build_batch([gen])
+
+
+# -- variations: resuming from kept tokens -------------------------------------------------------------------
+
+SOURCE = np.random.default_rng(2).integers(0, K, N)
+
+
+def resume(hidden, class_id=1, seed=0, **settings):
+    settings_ = SamplingSettings(**settings)
+    return Generation.resume(SOURCE, hidden, class_id, seed, settings_, codebook_size=K, num_classes=C)
+
+
+def run(gen, fn=None):
+    fn = fn or make_logits_fn()
+    while not gen.done:
+        step([gen], fn)
+    return gen.tokens
+
+
+def test_every_position_hidden_is_exactly_a_fresh_generation():
+    settings = dict(num_steps=6, guidance_scale=2.0, temperature=4.0)
+    fresh = generate(make_logits_fn(), [3], [9], settings=SamplingSettings(**settings), **DIMS)[0]
+    np.testing.assert_array_equal(run(resume(np.arange(N), 3, 9, **settings)), fresh)
+    assert resume(np.arange(N), 3, 9, **settings).step == 0
+
+
+@pytest.mark.parametrize("num_steps", [1, 4, 8])
+def test_a_variation_runs_the_rest_of_the_schedule_and_keeps_what_is_not_hidden(num_steps):
+    for count in range(1, N + 1):
+        first = start_step(count, N, num_steps)
+        # the last step whose scheduled hidden count covers the variation's
+        assert hidden_before(first, N, num_steps) >= count
+        assert first == num_steps - 1 or hidden_before(first + 1, N, num_steps) < count
+        hidden = strength_mask(count / N, count, N)
+        gen = resume(hidden, num_steps=num_steps, temperature=3.0)
+        assert gen.step == first and (gen.tokens == K).sum() == count
+        calls = []
+        fn = make_logits_fn(calls=calls)
+        tokens = run(gen, fn)
+        assert len(calls) == num_steps - first  # one generator call per remaining step
+        kept = np.setdiff1d(np.arange(N), hidden)
+        np.testing.assert_array_equal(tokens[kept], SOURCE[kept])
+        assert (tokens < K).all()
+
+
+def test_nothing_hidden_is_done_at_once_with_the_source_tokens():
+    gen = resume([])
+    assert gen.done
+    np.testing.assert_array_equal(gen.tokens, SOURCE)
+
+
+def test_strength_masks_are_keyed_by_the_seed_and_rounded_half_up():
+    assert len(strength_mask(0.0, 0, 32)) == 0 and len(strength_mask(1.0, 0, 32)) == 32
+    assert len(strength_mask(0.5, 0, 32)) == 16 and len(strength_mask(3 / 64, 0, 32)) == 2  # 1.5 -> 2
+    np.testing.assert_array_equal(strength_mask(0.25, 7, 32), strength_mask(0.25, 7, 32))
+    assert not np.array_equal(strength_mask(0.25, 7, 32), strength_mask(0.25, 8, 32))
+    mask = strength_mask(0.25, 7, 32)
+    assert (np.diff(mask) > 0).all() and mask.dtype == np.int64
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="strength"):
+            strength_mask(bad, 0, 32)
+
+
+def test_a_variation_alone_equals_it_among_fresh_generations_and_other_variations():
+    fn = make_logits_fn()
+    settings = dict(num_steps=6, guidance_scale=2.0, temperature=4.0)
+    hidden = strength_mask(0.5, 4, N)
+    alone = run(resume(hidden, 2, 4, **settings), fn)
+    target = resume(hidden, 2, 4, **settings)
+    active = [start(0, 4, **settings), resume([1, 2], C, 4), start(3, 1, num_steps=10)]
+    for tick in range(20):
+        if tick == 1:
+            active.insert(1, target)
+        active = [gen for gen in active if not gen.done]
+        if not active:
+            break
+        step(active, fn)
+    np.testing.assert_array_equal(target.tokens, alone)
+
+
+def test_the_null_class_samples_unconditionally_without_guidance_rows():
+    calls = []
+    gen = resume(np.arange(N), C, 0, num_steps=4, guidance_schedule="constant", guidance_scale=3.0)
+    run(gen, make_logits_fn(calls=calls))
+    assert calls == [[C]] * 4
+
+
+def test_resume_errors():
+    with pytest.raises(ValueError, match="hidden positions"):
+        resume([N])
+    with pytest.raises(ValueError, match="hidden positions"):
+        resume([1, 1])
+    with pytest.raises(ValueError, match="class_id"):
+        resume([1], class_id=C + 1)
+    with pytest.raises(ValueError, match="token ids"):
+        Generation.resume(SOURCE + K, [1], 0, 0, SamplingSettings(), codebook_size=K, num_classes=C)
+    with pytest.raises(ValueError, match="hidden must"):
+        start_step(0, N, 8)
+
+
+def test_vary_runs_mixed_start_steps_together_as_each_alone():
+    fn = make_logits_fn()
+    settings = SamplingSettings(num_steps=6, guidance_scale=2.0, temperature=4.0)
+    hidden = [strength_mask(s, i, N) for i, s in enumerate((0.0, 0.25, 0.5, 1.0, 0.75))]
+    classes, seeds = [0, 1, C, 3, 4], [5, 6, 7, 8, 9]
+    sources = np.stack([SOURCE] * 5)
+    together = vary(fn, sources, hidden, classes, seeds, codebook_size=K, num_classes=C, settings=settings)
+    chunked = vary(fn, sources, hidden, classes, seeds, codebook_size=K, num_classes=C, settings=settings, batch_size=2)
+    np.testing.assert_array_equal(together, chunked)
+    for i in range(5):
+        gen = Generation.resume(SOURCE, hidden[i], classes[i], seeds[i], settings, codebook_size=K, num_classes=C)
+        np.testing.assert_array_equal(together[i], run(gen, fn))
+    np.testing.assert_array_equal(together[0], SOURCE)

@@ -107,6 +107,33 @@ def test_triton_gives_the_same_tokens_and_image_bytes_as_the_embedded_backend(ga
     assert [r.json()["images"] for r in served] == [r.json()["images"] for r in embedded]
 
 
+def test_variations_on_triton_give_the_embedded_bytes_among_generations(gateway, triton_gateway):
+    image = fashion_pngs(1)[0]
+    source = httpx.post(f"{gateway.url}/v1/tokenize", json={"images": [image]}, timeout=HANG_S).json()["tokens"][0]
+    variations = [
+        {"image": image, "strength": 0.5, "class_labels": ["Dress", None], "n": 2, "seed": 5, "return_tokens": True},
+        {"tokens": source, "mask": [0, 3, 9, 30], "class_labels": 7, "seed": 8, "return_tokens": True},
+        {"tokens": source, "strength": 1.0, "class_labels": 2, "seed": 9, "return_tokens": True},
+    ]
+    generations = [{"class_labels": i, "seed": 90 + i, "return_tokens": True} for i in range(4)]
+    paths = ["/v1/variations"] * len(variations) + ["/v1/generate"] * len(generations)
+    bodies = variations + generations
+
+    def post_mixed(url: str) -> list[httpx.Response]:
+        async def run():
+            async with httpx.AsyncClient(base_url=url, timeout=HANG_S) as client:
+                return await asyncio.gather(*(client.post(p, json=b) for p, b in zip(paths, bodies, strict=True)))
+
+        return asyncio.run(run())
+
+    embedded, served = post_mixed(gateway.url), post_mixed(triton_gateway.url)
+    assert [r.status_code for r in served] == [200] * len(bodies), [r.text for r in served]
+    assert [r.json()["images"] for r in served] == [r.json()["images"] for r in embedded]
+    assert served[0].json()["source_tokens"] == source
+    r = httpx.post(f"{triton_gateway.url}/v1/variations", json={"tokens": source, "mask": [32]}, timeout=HANG_S)
+    assert_error(r, 400, "invalid_request")
+
+
 @pytest.mark.parametrize(
     "status, message, error",
     [

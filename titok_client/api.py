@@ -63,6 +63,27 @@ class Client:
         body = _without_none(model=model, class_labels=class_labels, n=n, **options)
         return self.call("POST", "/v1/generate", json=body)
 
+    def vary(
+        self,
+        image: bytes | None = None,
+        tokens: list[int] | None = None,
+        *,
+        strength: float | None = None,
+        mask: list[int] | None = None,
+        class_labels=None,
+        n: int = 1,
+        model: str | None = None,
+        **options,
+    ) -> dict:
+        """Variations of an image file's bytes (sent base64) or of its token ids: ``strength`` (the fraction of
+        tokens re-generated) or ``mask`` (the positions); ``class_labels`` None is unconditional. ``options`` as for
+        ``generate``."""
+        encoded = base64.b64encode(image).decode("ascii") if image is not None else None
+        body = _without_none(
+            model=model, image=encoded, tokens=tokens, strength=strength, mask=mask, class_labels=class_labels, n=n
+        )
+        return self.call("POST", "/v1/variations", json={**body, **_without_none(**options)})
+
 
 def _without_none(**fields) -> dict:
     return {k: v for k, v in fields.items() if v is not None}

@@ -4,6 +4,7 @@
     titok tokenize a.png b.jpg -o tokens.json       # images -> token ids (stdout without -o)
     titok detokenize tokens.json -o out/            # token ids -> out/a.png, out/b.png
     titok generate --class sneaker --class 9 -n 8 --seed 0 -o out/ [--tokens]
+    titok vary shoe.png --strength 0.5 --class Dress -n 8 --seed 0 -o out/   # variations (or --mask 0,5,9)
 
 The gateway is ``--url`` or $TITOK_URL (default http://127.0.0.1:8000); the API key ``--api-key`` or
 $TITOK_API_KEY. Exit codes: 0 done, 1 the gateway answered an error or could not be reached (one line on stderr:
@@ -214,6 +215,69 @@ def cmd_generate(client: Client, args) -> None:
         write_json({"model": answer["model"], "num_tokens": num_tokens, "items": items}, str(out / "tokens.json"))
 
 
+def cmd_vary(client: Client, args) -> None:
+    source = Path(args.source)
+    if not source.is_file() and args.source != "-":
+        raise UsageError(f"no such file: {args.source}")
+    image, tokens, model = None, None, args.model
+    if args.source == "-" or source.suffix.lower() == ".json":  # a tokens file: its first item is the source
+        file_model, items = read_tokens(args.source)
+        tokens, model = items[0]["tokens"], model or file_model
+    else:
+        image = source.read_bytes()
+    if args.mask is not None and args.strength is not None:
+        raise UsageError("give --strength or --mask, not both")
+    mask = None
+    if args.mask is not None:
+        try:
+            mask = [int(p) for p in args.mask.split(",") if p.strip()]
+        except ValueError:
+            raise UsageError(f"--mask takes comma-separated token positions, not {args.mask!r}") from None
+    strength = args.strength if args.strength is not None or mask is not None else 0.5
+    # no --class: unconditional; 'null' (or 'none') among them: one unconditional set
+    labels = [None if c.lower() in ("null", "none") else int(c) if c.isdigit() else c for c in args.classes or ["null"]]
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    sampling = dict(
+        num_steps=args.steps, guidance_scale=args.guidance, temperature=args.temperature, format=args.format
+    )
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "tokens" if image is None else source.stem
+    items, answer = [], {}
+
+    def send(label, first_seed: int, batch: range) -> None:
+        nonlocal answer
+        job_seed = first_seed + batch.start  # image k of all gets seed + k, however the requests are split
+        answer = client.vary(
+            image,
+            tokens,
+            strength=strength,
+            mask=mask,
+            class_labels=label,
+            n=len(batch),
+            model=model,
+            seed=job_seed,
+            return_tokens=args.tokens,
+            **sampling,
+        )
+        for v in answer["images"]:
+            name = f"{stem}-{slug(v['class_name'] or 'unconditional')}-{v['seed']}.{args.format}"
+            (out / name).write_bytes(base64.b64decode(v["b64_json"]))
+            print(out / name)
+            if args.tokens:
+                keys = ("class_label", "class_name", "seed", "regenerated", "tokens")
+                items.append({"name": name, **{key: v[key] for key in keys}})
+        bar.update(len(batch))
+
+    batches = Batches(args.batch_size)
+    with progress(len(labels) * args.n, args, "image") as bar:
+        for j, label in enumerate(labels):
+            batches.run([0] * args.n, functools.partial(send, label, seed + j * args.n))
+    if args.tokens:
+        head = {"model": answer["model"], "num_tokens": len(answer["source_tokens"]), "source": answer["source_tokens"]}
+        write_json({**head, "items": items}, str(out / "tokens.json"))
+
+
 # -- the command line ------------------------------------------------------------------------------
 
 
@@ -234,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_options(top=False)
     parser = argparse.ArgumentParser(
         prog="titok",
-        description="Tokenize, detokenize and generate with a titok-serve gateway.",
+        description="Tokenize, detokenize, generate and vary images with a titok-serve gateway.",
         parents=[common_options(top=True)],
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -277,7 +341,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--tokens", action="store_true", help="also write the token ids to OUTPUT/tokens.json")
     gen.add_argument("--batch-size", **per_request)
     gen.set_defaults(run=cmd_generate)
+
+    vary = commands.add_parser("vary", parents=[common], help="variations of an image: some tokens re-generated")
+    vary.add_argument("source", metavar="SOURCE", help="an image file, or a tokens file (its first item; '-': stdin)")
+    vary.add_argument("--strength", type=fraction, help="fraction of the tokens re-generated (0.5 without --mask)")
+    vary.add_argument("--mask", help="token positions to re-generate, comma-separated (instead of --strength)")
+    vary.add_argument(
+        "-c",
+        "--class",
+        dest="classes",
+        metavar="CLASS",
+        action="append",
+        help="target class name or id, or null (repeatable; unconditional when omitted)",
+    )
+    vary.add_argument("-n", type=positive, default=1, help="variations per class (1)")
+    vary.add_argument("--steps", type=positive, help="steps of the full schedule (the model's default)")
+    vary.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    vary.add_argument("--temperature", type=float, help="sampling temperature")
+    vary.add_argument("--seed", type=int, help="variation k uses seed + k (random when omitted)")
+    vary.add_argument("-o", "--output", default=".", help="directory for the images (default: .)")
+    vary.add_argument("--format", choices=FORMATS, default="png")
+    vary.add_argument("--tokens", action="store_true", help="also write the token ids to OUTPUT/tokens.json")
+    vary.add_argument("--batch-size", **per_request)
+    vary.set_defaults(run=cmd_vary)
     return parser
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], not {value}")
+    return value
 
 
 def positive(text: str) -> int:

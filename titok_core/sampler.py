@@ -7,6 +7,10 @@ C (= num_classes) is the null class of classifier-free guidance. The generator i
 A generation advances one step at a time (``build_batch`` -> one generator call -> ``advance``), so a server can
 batch items that are at different steps with different settings; ``generate`` is the lock-step loop.
 
+A variation (``Generation.resume``) starts from an image's tokens with some positions hidden, joins the schedule at
+the step whose hidden count is the nearest at or above its own (``start_step``) and runs the remaining steps; with
+every position hidden it is exactly a fresh generation. Its class may be the null class (unconditional).
+
 Determinism: every item owns a PCG64 generator and, at every step, draws first (N, K) uniforms for sampling and
 then (N,) uniforms for the confidences, whatever its state or batch-mates. The logits are upcast to float64 and
 guidance, annealing, noise and confidences are all computed in float64. So the same seed, class, settings and
@@ -25,6 +29,7 @@ import numpy as np
 SCHEDULES = ("constant", "linear", "power-cosine")
 _EPS = 1e-20  # clamp inside the Gumbel logs, as the reference does
 _COSINE_POWER = 3.0  # exponent p of the power-cosine guidance schedule
+_MASK_STREAM = 0x6D61736B  # mixed into a variation's seed for its mask draw, apart from its sampling stream
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Rows = list[tuple[int, int | None]]  # per item: (conditional row, unconditional row or None)
@@ -72,6 +77,37 @@ def _is_neutral(schedule: str, scale: float) -> bool:
     return scale == (1.0 if schedule == "power-cosine" else 0.0)
 
 
+def _check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+
+
+def hidden_before(step: int, seq_len: int, num_steps: int) -> int:
+    """How many positions the arccos schedule leaves hidden before ``step`` (all of them before step 0)."""
+    if step == 0:
+        return seq_len
+    return math.floor(seq_len * (math.acos(step / num_steps) / (math.pi * 0.5)))
+
+
+def start_step(hidden: int, seq_len: int, num_steps: int) -> int:
+    """The step a sequence with ``hidden`` masked positions (1..seq_len) starts at: the last one whose scheduled
+    hidden count is still >= ``hidden``, so that the remaining steps reveal them at the schedule's pace."""
+    if not 1 <= hidden <= seq_len:
+        raise ValueError(f"hidden must lie in [1, {seq_len}], not {hidden!r}")
+    return max(s for s in range(num_steps) if hidden_before(s, seq_len, num_steps) >= hidden)
+
+
+def strength_mask(strength: float, seed: int, seq_len: int) -> np.ndarray:
+    """The sorted positions a variation of ``strength`` (the fraction of tokens re-generated, rounded half up)
+    hides: a uniform draw keyed by ``seed`` on a stream of its own, so that it leaves the sampling draws alone."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not 0 <= strength <= 1:
+        raise ValueError(f"strength must be a number in [0, 1], not {strength!r}")
+    _check_seed(seed)
+    count = math.floor(strength * seq_len + 0.5)
+    rng = np.random.Generator(np.random.PCG64([int(seed), _MASK_STREAM]))
+    return np.sort(rng.permutation(seq_len)[:count]).astype(np.int64)
+
+
 def _gumbel(u: np.ndarray) -> np.ndarray:
     return -np.log(np.maximum(-np.log(np.maximum(u, _EPS)), _EPS))
 
@@ -102,8 +138,7 @@ class Generation:
         """A fresh generation: every position masked, random generator PCG64(seed)."""
         if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < num_classes:
             raise ValueError(f"class_id must be an integer in [0, {num_classes}), not {class_id!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, not {seed!r}")
+        _check_seed(seed)
         if seq_len < 1 or codebook_size < 1:
             raise ValueError(f"seq_len and codebook_size must be >= 1, not {seq_len} and {codebook_size}")
         return cls(
@@ -114,6 +149,39 @@ class Generation:
             mask_id=codebook_size,
             null_class_id=num_classes,
         )
+
+    @classmethod
+    def resume(
+        cls,
+        tokens: np.ndarray,
+        hidden: Sequence[int] | np.ndarray,
+        class_id: int,
+        seed: int,
+        settings: SamplingSettings,
+        *,
+        codebook_size: int,
+        num_classes: int,
+    ) -> Generation:
+        """A variation of ``tokens`` (N,): the ``hidden`` positions re-generated for ``class_id`` (num_classes: the
+        null class, unconditional) from the step ``start_step`` gives; done at once when nothing is hidden."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or not len(tokens) or tokens.dtype.kind not in "iu":
+            raise ValueError(f"tokens must be one non-empty sequence of integer ids, not shape {tokens.shape}")
+        if ((tokens < 0) | (tokens >= codebook_size)).any():
+            raise ValueError(f"token ids must lie in [0, {codebook_size})")
+        positions = np.asarray(hidden, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if ((positions < 0) | (positions >= n)).any() or len(np.unique(positions)) != len(positions):
+            raise ValueError(f"hidden positions must be distinct and lie in [0, {n})")
+        ok_class = not isinstance(class_id, bool) and isinstance(class_id, numbers.Integral)
+        if not ok_class or not 0 <= class_id <= num_classes:
+            raise ValueError(f"class_id must be an integer in [0, {num_classes}], not {class_id!r}")
+        gen = cls.start(0, seed, settings, seq_len=n, codebook_size=codebook_size, num_classes=num_classes)
+        gen.class_id = int(class_id)
+        gen.tokens = tokens.astype(np.int64)
+        gen.tokens[positions] = codebook_size
+        gen.step = start_step(len(positions), n, settings.num_steps) if len(positions) else settings.num_steps
+        return gen
 
     @property
     def done(self) -> bool:
@@ -127,7 +195,10 @@ class Generation:
 
     @property
     def needs_uncond(self) -> bool:
-        """Whether the next step needs an unconditional (null-class) generator row."""
+        """Whether the next step needs an unconditional (null-class) generator row (never for the null class: its
+        conditional row is already unconditional, and guidance would leave it unchanged)."""
+        if self.class_id == self.null_class_id:
+            return False
         return not _is_neutral(self.settings.guidance_schedule, self.guidance_scale)
 
 
@@ -242,4 +313,37 @@ def generate(
             advance(part, logits_fn(tokens, classes), rows)
     if not gens:
         return np.zeros((0, seq_len), dtype=np.int64)
+    return np.stack([gen.tokens for gen in gens])
+
+
+def vary(
+    logits_fn: LogitsFn,
+    sources: np.ndarray,
+    hidden: Sequence[Sequence[int] | np.ndarray],
+    class_ids: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    codebook_size: int,
+    num_classes: int,
+    settings: SamplingSettings | None = None,
+    batch_size: int | None = None,
+) -> np.ndarray:
+    """Variations (B, N) int64 of ``sources`` (B, N): item i re-generates its ``hidden[i]`` positions for
+    ``class_ids[i]`` (num_classes: unconditional) with ``seeds[i]``; items that start at other steps share the
+    generator calls of the steps they have in common, and chunking (``batch_size``) does not change the result."""
+    settings = SamplingSettings() if settings is None else settings
+    if not len(sources) == len(hidden) == len(class_ids) == len(seeds):
+        raise ValueError("sources, hidden, class_ids and seeds must have one entry per item")
+    dims = dict(codebook_size=codebook_size, num_classes=num_classes)
+    gens = [
+        Generation.resume(t, h, c, s, settings, **dims)
+        for t, h, c, s in zip(np.asarray(sources), hidden, class_ids, seeds, strict=True)
+    ]
+    chunk = batch_size or max(len(gens), 1)
+    for begin in range(0, len(gens), chunk):
+        while pending := [g for g in gens[begin : begin + chunk] if not g.done]:
+            tokens, classes, rows = build_batch(pending)
+            advance(pending, logits_fn(tokens, classes), rows)
+    if not gens:
+        return np.zeros((0, np.asarray(sources).reshape(0, -1).shape[1]), dtype=np.int64)
     return np.stack([gen.tokens for gen in gens])

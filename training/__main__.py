@@ -6,6 +6,7 @@ evaluate --tokenizer DIR ...         reconstruction, generation and linear-probe
 sweep --tokenizer DIR ...            the sampling-settings grid of a generator (training/sweep_sampling.py)
 science RESULTS.json ...             the tokenizer comparison tables and plot (training/science.py)
 token-probe --tokenizer DIR ...      what a 1D tokenizer's tokens hold (training/token_probe.py)
+variations [--out-dir DIR]           variations by strength, same vs other class (training/variations.py)
 import-released FILE --out DIR       convert a released TiTok .bin into our checkpoint folder
 """
 
@@ -51,6 +52,7 @@ COMMANDS = {
     "sweep": _module_main("sweep_sampling"),
     "science": _module_main("science"),
     "token-probe": _module_main("token_probe"),
+    "variations": _module_main("variations"),
     "import-released": _import_released,
 }
 
