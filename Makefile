@@ -16,7 +16,7 @@ $(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[cpu,train,dev]'
+	$(PY) -m pip install -q -e '.[cpu,triton,train,dev]'
 	touch $@ $(VENV)/.serve-installed
 
 setup-serve: $(VENV)/.serve-installed
@@ -82,7 +82,7 @@ test-fast: setup-dev data lint
 # The gateway image's Python dependencies pinned with hashes, for Python 3.11 on any platform: the Dockerfile
 # installs exactly these. Run after changing the dependencies or the cpu extra in pyproject.toml.
 lock: setup-dev
-	$(PY) -m uv pip compile pyproject.toml --extra cpu --universal --python-version 3.11 --generate-hashes \
+	$(PY) -m uv pip compile pyproject.toml --extra cpu --extra triton --universal --python-version 3.11 --generate-hashes \
 		--custom-compile-command 'make lock' --quiet -o deploy/image/requirements.lock
 
 # The gateway image on the official python base (IMAGE_BUILDER=podman or buildah work too)
