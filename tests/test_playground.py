@@ -63,7 +63,8 @@ def test_page_needs_no_key_and_has_its_own_metric_routes(server):
     after = route_counts(server.url)
     assert after["/"] - before.get("/", 0) == 1
     assert after["/static/{name}"] - before.get("/static/{name}", 0) == 3  # style.css, app.js and nope.js
-    assert after.get("other", 0) - before.get("other", 0) == 2  # /docs and /openapi.json: FastAPI's own routes
+    assert after["/docs"] - before.get("/docs", 0) == 1  # the offline docs page is a route of its own
+    assert after.get("other", 0) - before.get("other", 0) == 1  # /openapi.json: FastAPI's own route
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is missing: `make tools` (apt-get install chromium)")
