@@ -174,7 +174,8 @@ def test_api_errors_exit_1_with_one_line(server, images, tmp_path):
         line = failed(titok("detokenize", str(tmp_path / "t.json"), "-o", str(tmp_path), url=url), 1, "error: ")
         assert line.startswith("error: invalid_request: ") and message in line
     unreachable = f"http://127.0.0.1:{free_port()}"
-    failed(titok("models", url=unreachable), 1, f"error: connection_error: cannot reach {unreachable}")
+    line = failed(titok("models", url=unreachable), 1, f"error: connection_error: cannot reach {unreachable}")
+    assert line.endswith("`make serve` starts one; --url or TITOK_URL names another)")
 
 
 def test_usage_errors_exit_2(server, tmp_path):

@@ -426,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     except ApiError as e:
         # the gateway does not know how this client takes its key: say it here
         how = " (give the key with --api-key or TITOK_API_KEY)" if e.status == 401 else ""
+        if e.type == "connection_error":
+            how = " (is a gateway running there? `make serve` starts one; --url or TITOK_URL names another)"
         print(f"error: {e.type}: {' '.join(e.message.split())}{how}", file=sys.stderr)
         return 1
     except OSError as e:  # writing an output
