@@ -19,9 +19,9 @@ COPY pyproject.toml README.md ./
 COPY titok_core ./titok_core
 COPY service ./service
 COPY titok_client ./titok_client
-# then the gateway alone: the cpu extra (onnxruntime) is in the lock, torch (the train extra) never is; pip check
-# fails the build when pyproject.toml asks for something the lock lacks
-RUN /opt/venv/bin/pip install --no-deps '.[cpu]' && /opt/venv/bin/pip check
+# then the gateway alone: the cpu (onnxruntime) and triton (tritonclient) extras are in the lock, torch (the train
+# extra) never is; pip check fails the build when pyproject.toml asks for something the lock lacks
+RUN /opt/venv/bin/pip install --no-deps '.[cpu,triton]' && /opt/venv/bin/pip check
 
 FROM ${PYTHON_IMAGE}
 ARG PYTHON_IMAGE

@@ -6,18 +6,23 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: serve test test-fast lint setup-serve setup-dev setup-triton tools data clean ship lock image
 
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+
+# one line per stage (make serve on a fresh clone: README, Serving), the commands themselves quiet
 $(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	@echo "make: creating the virtualenv $(VENV)"
+	@$(PYTHON) -m venv $(VENV)
 
 # stamp files: re-install only when pyproject.toml changes
 $(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[cpu]'
-	touch $@
+	@echo "make: installing the gateway into $(VENV) (pip install -e '.[cpu]': FastAPI, ONNX Runtime; no PyTorch)"
+	@$(PIP) -e '.[cpu]'
+	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install -q -e '.[cpu,train,dev]'
-	touch $@ $(VENV)/.serve-installed
+	@echo "make: installing everything into $(VENV) (pip install -e '.[cpu,triton,train,dev]': PyTorch CPU, tests)"
+	@$(PIP) -e '.[cpu,triton,train,dev]'
+	@touch $@ $(VENV)/.serve-installed
 
 setup-serve: $(VENV)/.serve-installed
 setup-dev: $(VENV)/.dev-installed
@@ -65,7 +70,8 @@ $(FMNIST):
 	fi
 
 serve: setup-serve
-	$(PY) -m service
+	@echo "make: starting the gateway on http://127.0.0.1:8000 (TITOK_* settings: python -m service --help)"
+	@$(PY) -m service
 
 lint: setup-dev
 	$(PY) -m ruff check .
@@ -82,7 +88,7 @@ test-fast: setup-dev data lint
 # The gateway image's Python dependencies pinned with hashes, for Python 3.11 on any platform: the Dockerfile
 # installs exactly these. Run after changing the dependencies or the cpu extra in pyproject.toml.
 lock: setup-dev
-	$(PY) -m uv pip compile pyproject.toml --extra cpu --universal --python-version 3.11 --generate-hashes \
+	$(PY) -m uv pip compile pyproject.toml --extra cpu --extra triton --universal --python-version 3.11 --generate-hashes \
 		--custom-compile-command 'make lock' --quiet -o deploy/image/requirements.lock
 
 # The gateway image on the official python base (IMAGE_BUILDER=podman or buildah work too)

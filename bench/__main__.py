@@ -13,8 +13,13 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gateway, graphs, load
-from bench.machine import facts
+from titok_core.extras import require
+
+# the suite runs PyTorch and onnxruntime itself: one line naming the extra, not a traceback, when they are missing
+require("torch", "onnxruntime", purpose="python -m bench")
+
+from bench import gateway, graphs, load  # noqa: E402
+from bench.machine import facts  # noqa: E402
 
 FAMILY = "checkpoints/titok-fmnist"
 

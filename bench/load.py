@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -54,7 +55,10 @@ class _Connection:
     client library costs several ms of CPU per request, which would be measured as the gateway's."""
 
     def __init__(self, url: str):
-        self.host, self.port = url.removeprefix("http://").split(":")
+        parts = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"the load generator speaks plain HTTP: {url!r} is not an http://host[:port] URL")
+        self.host, self.port = parts.hostname, parts.port or 80
         self.reader = self.writer = None
 
     async def post(self, path: str, body: dict) -> int:
@@ -111,7 +115,8 @@ def sweep(url: str, routes: list[str], levels: list[int], duration: float, warmu
             r = asyncio.run(_point(url, route, bodies[route], c, duration, warmup))
             row = f"| {route} | {c} | {r['n']} | {r['p50']:.1f} | {r['p95']:.1f} | {r['p99']:.1f} | {r['rps']:.1f} | "
             lines.append(row + f"{r['errors']} |")
-            print(lines[-1], file=sys.stderr, flush=True)
+            if not sys.stdout.isatty():  # progress while stdout goes to a file; on a terminal the table is enough
+                print(lines[-1], file=sys.stderr, flush=True)
     return "\n".join(lines)
 
 

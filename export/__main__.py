@@ -4,6 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from titok_core.extras import require
+
 
 def _sizes(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(",") if s.strip())
@@ -132,6 +134,7 @@ def _tensorrt(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    require("torch", "onnx", "onnxruntime", purpose="python -m export")
     return {"build": _build, "verify": _verify, "twin": _twin, "tensorrt": _tensorrt}[args.command](args)
 
 

@@ -18,7 +18,16 @@ def load_source(path: str | Path) -> tuple[nn.Module, dict]:
     else:
         model = import_released(path)
         metadata, kind = {}, "released"
-    return model.eval(), source_record(model, path=path.resolve(), kind=kind, metadata=metadata)
+    return model.eval(), source_record(model, path=portable(path), kind=kind, metadata=metadata)
+
+
+def portable(path: Path) -> str:
+    """A source's path as the manifest records it: relative to the working directory (the repository's root when run
+    as documented), else its name alone; never the absolute path of the machine that exported it."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def source_record(model: nn.Module, path: str | Path | None = None, kind: str = "in-memory", metadata=None) -> dict:

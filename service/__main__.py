@@ -1,10 +1,24 @@
-"""``python -m service``: serve the model repository with uvicorn, configured by ``TITOK_*`` settings."""
+"""``python -m service``: serve the model repository with uvicorn, configured by ``TITOK_*`` settings.
+
+Every setting is an environment variable (README, Settings; service/settings.py), e.g.
+``TITOK_PORT=8080 TITOK_API_KEYS=secret python -m service``. The API reference is at /docs once it runs.
+"""
 
 import logging
 import sys
 
+if "-h" in sys.argv[1:] or "--help" in sys.argv[1:]:  # before the imports below, which need the installed extras
+    from .settings import Settings as _Settings
+
+    print((__doc__ or "").strip() + "\n\nsettings:")
+    for _name, _field in _Settings.model_fields.items():
+        print(f"  TITOK_{_name.upper():<28} {_field.description or ''} (default: {_field.default!r})")
+    sys.exit(0)
+
 import uvicorn
 from pydantic import ValidationError
+
+from titok_core.extras import require
 
 from .app import create_app
 from .errors import ConfigurationError
@@ -20,6 +34,8 @@ def main() -> int:
             name = "TITOK_" + "_".join(str(p) for p in err["loc"]).upper()
             print(f"invalid setting {name}: {err['msg']}", file=sys.stderr)
         return 1
+    backend_module = "onnxruntime" if settings.backend == "embedded" else "tritonclient"
+    require(backend_module, purpose=f"the gateway's {settings.backend} backend (TITOK_BACKEND)")
     configure_logging(settings.log_level)
     try:
         app = create_app(settings)

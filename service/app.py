@@ -10,16 +10,19 @@ from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 
 from .backends import BackendFactory, create_backend
+from .docs import docs_app
 from .errors import install_error_handlers
 from .metrics import Metrics
 from .middleware import RequestContext
+from .openai_images import router as openai_router
 from .registry import Registry
 from .routes import router
 from .serving import Serving
 from .settings import Settings
 
 DESCRIPTION = """Tokenize images into TiTok's 1D tokens, decode tokens back into images, and generate
-class-conditional images with MaskGIT. Every error answers `{"error": {"type", "message", "param"?}}`.
+class-conditional images with MaskGIT. Every error answers `{"error": {"type", "message", "param"?}}` (OpenAI's
+`{"error": {"message", "type", "param", "code"}}` on the OpenAI-compatible `/v1/images/generations`).
 A playground page is served at `/`."""
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -60,12 +63,13 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     settings = settings or Settings()
     metrics = Metrics()
     registry = Registry.load(settings, metrics, backend_factory)
-    app = FastAPI(title="titok-serve", version="1", description=DESCRIPTION, lifespan=lifespan)
+    app = docs_app(title="titok-serve", version="1", description=DESCRIPTION, lifespan=lifespan)
     # what the routes and the lifespan read (service/dependencies.py), and nothing else
     app.state.settings, app.state.registry, app.state.metrics = settings, registry, metrics
     app.state.serving = Serving(settings, registry, metrics)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(openai_router)
     pages, page_paths = page_router()
     app.include_router(pages)
     if settings.cors_origins:
@@ -76,7 +80,8 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    routes = {route.path for route in router.routes if isinstance(route, APIRoute)} | page_paths
+    api_routes = [*router.routes, *openai_router.routes]
+    routes = {route.path for route in api_routes if isinstance(route, APIRoute)} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
     app.add_middleware(
         RequestContext,

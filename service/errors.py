@@ -108,9 +108,24 @@ def error_body(type_: str, message: str, param: str | None = None) -> dict:
     return {"error": error}
 
 
+# routes that answer errors in OpenAI's shape, so that OpenAI's clients read them (service/openai_images.py)
+OPENAI_PATHS = ("/v1/images/",)
+
+
+def error_for(path: str, status: int, type_: str, message: str, param: str | None = None) -> dict:
+    """The error body for a request path: the one shape, or OpenAI's on its routes: ``{"error": {"message", "type",
+    "param", "code"}}`` with our type as ``code`` and OpenAI's coarse type (``invalid_request_error`` for a 4xx,
+    ``server_error`` otherwise)."""
+    if not path.startswith(OPENAI_PATHS):
+        return error_body(type_, message, param)
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": type_}}
+
+
 def _response(request: Request, status: int, type_: str, message: str, param=None, headers=None) -> JSONResponse:
     request.scope.setdefault("state", {})["error_type"] = type_  # read by the metrics middleware
-    return JSONResponse(error_body(type_, message, param), status_code=status, headers=headers)
+    body = error_for(request.url.path, status, type_, message, param)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _loc(loc) -> str | None:
@@ -132,6 +147,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = exc.errors()
+        bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:  # its loc is ("body", <character position>) or ("body",): no field to name
+            at = [p for p in bad_json.get("loc", ()) if isinstance(p, int)]
+            why = bad_json.get("ctx", {}).get("error", "JSON decode error")
+            where = f" (at character {at[0]})" if at else ""
+            return _response(request, 422, "validation_error", f"the body is not valid JSON: {why}{where}")
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         param = _loc(first.get("loc", ()))
         message = "; ".join(f"{_loc(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])

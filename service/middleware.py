@@ -8,7 +8,7 @@ import uuid
 
 from starlette.datastructures import MutableHeaders
 
-from .errors import PayloadTooLarge, error_body
+from .errors import PayloadTooLarge, error_for
 from .metrics import Metrics
 
 log = logging.getLogger("titok.access")
@@ -66,14 +66,15 @@ class RequestContext:
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 state["error_type"] = PayloadTooLarge.type
                 msg = f"request body is over the limit of {self.max_body_bytes} bytes"
-                await self._send_json(send_with_id, 413, error_body(PayloadTooLarge.type, msg))
+                await self._send_json(send_with_id, 413, error_for(scope["path"], 413, PayloadTooLarge.type, msg))
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:  # a bug: answer 500 in the one shape, log the traceback, never send it
             log.exception("unhandled error", extra={"request_id": request_id})
             state["error_type"] = "internal_error"
             if status is None:
-                await self._send_json(send_with_id, 500, error_body("internal_error", "internal error"))
+                body = error_for(scope["path"], 500, "internal_error", "internal error")
+                await self._send_json(send_with_id, 500, body)
         finally:
             in_flight.dec()
             duration = time.perf_counter() - start

@@ -149,8 +149,8 @@ async def variations(
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness: the process answers")
-async def healthz() -> Health:
-    return Health(status="ok")
+async def healthz(serving: ServingDep) -> Health:
+    return serving.health()
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": ErrorResponse}}, summary="Readiness")

@@ -83,6 +83,10 @@ class Serving:
             raise BackendUnavailable("a model or its backend is not ready")
         return Health(status="ready", models=list(self.registry.models))
 
+    def health(self) -> Health:
+        """Liveness, with the families served (known from their manifests before they are loaded)."""
+        return Health(status="ok", models=list(self.registry.models))
+
     # -- tokenize --------------------------------------------------------------------------------------
 
     async def tokenize(self, name: str | None, blobs: list[bytes], call: Call) -> TokenizeResponse:
@@ -137,7 +141,19 @@ class Serving:
     async def generate(self, body: GenerateRequest, call: Call) -> GenerateResponse:
         """Class-conditional images, label-major: ``n`` per label, image i with seed + i."""
         model = self.registry.get(body.model)
-        class_ids, seeds, sampling = self._plan(model, self._class_ids(model, body.class_labels), body)
+        return await self._generate(model, self._class_ids(model, body.class_labels), body, call)
+
+    async def generate_openai(self, body: GenerateRequest, call: Call) -> GenerateResponse:
+        """The generation of the OpenAI-compatible images route (``service/openai_images.py``): its one class label
+        comes from the prompt, and is named so when it is wrong."""
+        model = self.registry.get(body.model)
+        assert not isinstance(body.class_labels, list)
+        return await self._generate(model, [model.class_id(body.class_labels, "prompt")], body, call)
+
+    async def _generate(
+        self, model: ServedModel, labels: list[int], body: GenerateRequest, call: Call
+    ) -> GenerateResponse:
+        class_ids, seeds, sampling = self._plan(model, labels, body)
         tokens, images = await call.run(model.generate(class_ids, seeds, sampling, call.request_id))
         files = await _encode(images, body.format)
         self._count(model, "generate", tokens)

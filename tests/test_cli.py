@@ -1,12 +1,15 @@
 """The `titok` command-line client against a real gateway over HTTP: Fashion-MNIST test images as PNG and JPEG files,
 batching under the gateway's limits, seeds across split requests, and every error path's exit code and one line."""
 
+import argparse
 import base64
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -159,7 +162,8 @@ def test_api_errors_exit_1_with_one_line(server, images, tmp_path):
     Image.open(images[1]).resize((200, 200)).save(large)
     line = failed(titok("tokenize", str(large), url=url), 1, "error: payload_too_large: image of 200x200 pixels")
     assert line.endswith(f"({large})")
-    failed(titok("models", url=url, key=None), 1, "error: unauthorized: a valid API key is required")
+    line = failed(titok("models", url=url, key=None), 1, "error: unauthorized: a valid API key is required")
+    assert line.endswith("(give the key with --api-key or TITOK_API_KEY)")
     failed(titok("models", "--api-key", "wrong", url=url), 1, "error: unauthorized: ")
     line = failed(titok("generate", "-c", "Hat", "-o", str(tmp_path), url=url), 1, "error: invalid_request: ")
     assert "unknown class 'Hat'" in line and "Sneaker" in line
@@ -170,7 +174,8 @@ def test_api_errors_exit_1_with_one_line(server, images, tmp_path):
         line = failed(titok("detokenize", str(tmp_path / "t.json"), "-o", str(tmp_path), url=url), 1, "error: ")
         assert line.startswith("error: invalid_request: ") and message in line
     unreachable = f"http://127.0.0.1:{free_port()}"
-    failed(titok("models", url=unreachable), 1, f"error: connection_error: cannot reach {unreachable}")
+    line = failed(titok("models", url=unreachable), 1, f"error: connection_error: cannot reach {unreachable}")
+    assert line.endswith("`make serve` starts one; --url or TITOK_URL names another)")
 
 
 def test_usage_errors_exit_2(server, tmp_path):
@@ -210,3 +215,92 @@ def test_vary_an_image_split_requests_and_a_tokens_file(server, images, tmp_path
     assert titok("vary", str(images[0]), "--strength", "1.5").returncode == 2
     line = failed(titok("vary", str(images[0]), "--mask", "40", "-o", str(tmp_path), url=server.url), 1, "error: ")
     assert line.startswith("error: invalid_request: mask positions must lie in [0, 32)")
+
+
+def test_version_and_help_on_every_flag():
+    from titok_client import __version__
+    from titok_client.cli import SCHEDULES, build_parser
+    from titok_core.sampler import SCHEDULES as GATEWAY_SCHEDULES
+
+    assert titok("--version").stdout.strip() == f"titok {__version__}"
+    assert SCHEDULES == GATEWAY_SCHEDULES
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in [("titok", parser), *commands.items()]:
+        for action in sub._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+
+
+def test_guidance_schedule_reaches_the_gateway(server, tmp_path):
+    """--guidance-schedule is the request's guidance_schedule: linear and constant give other images at guidance 3."""
+    files = {}
+    for schedule in ("constant", "linear"):
+        out = tmp_path / schedule
+        args = (
+            "generate",
+            "-c",
+            "0",
+            "--seed",
+            "1",
+            "--guidance",
+            "3",
+            "--guidance-schedule",
+            schedule,
+            "-o",
+            str(out),
+        )
+        assert titok(*args, url=server.url).returncode == 0
+        files[schedule] = next(out.iterdir()).read_bytes()
+    assert files["constant"] != files["linear"]
+    assert titok("generate", "-c", "0", "--guidance-schedule", "cosine", url=server.url).returncode == 2
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """A server that answers 429 (with Retry-After: 0) to the first ``busy`` requests, then the gateway's models."""
+
+    busy, seen, models = 0, 0, b""
+
+    def do_GET(self):
+        type(self).seen += 1
+        if type(self).seen <= self.busy:
+            body = b'{"error": {"type": "overloaded", "message": "the queue is full"}}'
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+        else:
+            body = self.models
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_retries_on_429_honour_retry_after(server):
+    _Busy.models = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).content
+    busy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{busy.server_port}"
+    try:
+        _Busy.busy, _Busy.seen = 2, 0
+        result = titok("models", "--retries", "2", url=url)
+        assert result.returncode == 0 and FAMILY in result.stdout and _Busy.seen == 3
+        _Busy.busy, _Busy.seen = 5, 0
+        failed(titok("models", "--retries", "1", url=url), 1, "error: overloaded: the queue is full")
+        assert _Busy.seen == 2
+        _Busy.seen = 0
+        failed(titok("models", "--retries", "0", url=url), 1, "error: overloaded: ")
+        assert _Busy.seen == 1
+    finally:
+        busy.shutdown()
+
+
+def test_retry_wait_is_bounded():
+    from titok_client.api import MAX_RETRY_WAIT_S, retry_wait
+
+    assert retry_wait("2", 0) == 2 and retry_wait("100000", 0) == MAX_RETRY_WAIT_S
+    assert [retry_wait(None, a) for a in range(3)] == [0.5, 1, 2] and retry_wait(None, 40) == MAX_RETRY_WAIT_S
+    assert retry_wait("Wed, 21 Oct 2015 07:28:00 GMT", 1) == 1 and retry_wait("-5", 0) == 0

@@ -231,10 +231,11 @@ def test_the_image_is_slim_non_root_and_without_torch():
     (user,) = [args for keyword, args in steps if keyword == "USER"]
     assert not user.startswith(("root", "0"))
     installs = " ".join(args for keyword, args in steps if keyword == "RUN" and "pip install" in args)
-    assert "'.[cpu]'" in installs and "train" not in installs and "torch" not in installs
+    assert "'.[cpu,triton]'" in installs and "train" not in installs and "torch" not in installs
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    shipped = project["dependencies"] + project["optional-dependencies"]["cpu"]
+    extras = project["optional-dependencies"]
+    shipped = project["dependencies"] + extras["cpu"] + extras["triton"]
     assert not [d for d in shipped if d.startswith("torch")], shipped
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert not {"model_repository", "service", "pyproject.toml", "README.md"} & set(ignored)
@@ -269,7 +270,8 @@ def test_the_image_installs_exactly_the_lock():
         "platform_system": "Linux",
     }
     pins = lock_pins(env)
-    for text in project["dependencies"] + project["optional-dependencies"]["cpu"]:
+    extras = project["optional-dependencies"]
+    for text in project["dependencies"] + extras["cpu"] + extras["triton"]:
         req = Requirement(text)
         if req.marker is None or req.marker.evaluate(env):
             name = canonicalize_name(req.name)
@@ -280,7 +282,7 @@ def test_the_image_installs_exactly_the_lock():
     assert ("COPY", f"{LOCK.relative_to(ROOT)} ./") in steps
     installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
     assert f"--require-hashes --only-binary=:all: -r {LOCK.name}" in installs[0]
-    assert "--no-deps '.[cpu]'" in installs[1] and "pip check" in installs[1]
+    assert "--no-deps '.[cpu,triton]'" in installs[1] and "pip check" in installs[1]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert "deploy" in ignored and f"!{LOCK.relative_to(ROOT)}" in ignored
 

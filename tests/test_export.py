@@ -316,8 +316,23 @@ def test_manifest_describes_the_family(repo, models, family):
 def test_manifest_records_checkpoint_sources(repo, checkpoints):
     out, _ = repo
     sources = read_manifest(out, "pixel").sources
-    assert sources["tokenizer"]["path"] == str(checkpoints[0].resolve())
+    assert sources["tokenizer"]["path"] == checkpoints[0].name  # outside the working directory: the name alone
     assert sources["generator"]["format"] == "checkpoint"
+
+
+def test_source_paths_are_portable(tmp_path, monkeypatch):
+    """A manifest records its sources relative to the working directory (else by name), never a machine's absolute
+    path; the shipped manifests too."""
+    from export.sources import portable
+
+    (tmp_path / "checkpoints" / "tok").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert portable(Path("checkpoints/tok")) == "checkpoints/tok"
+    assert portable(tmp_path / "checkpoints" / "tok") == "checkpoints/tok"
+    assert portable(Path("/elsewhere/tok")) == "tok"
+    for manifest in (ROOT / "model_repository").glob("*.manifest.json"):
+        for source in json.loads(manifest.read_text())["sources"].values():
+            assert source["path"] is None or not Path(source["path"]).is_absolute(), (manifest, source["path"])
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from training.models import (
 )
 from training.models.quantizer import VectorQuantizer
 
-# a copy of shared/reference/official_titok_state_dicts.json: the released checkpoints' keys and shapes
+# the released checkpoints' keys and shapes (every tensor of the published .bin files, listed once)
 REFERENCE = Path(__file__).resolve().parent / "data" / "official_titok_state_dicts.json"
 RELEASED = {
     "TiTok-L-32 tokenizer": "titok-l-32",

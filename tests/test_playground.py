@@ -63,7 +63,8 @@ def test_page_needs_no_key_and_has_its_own_metric_routes(server):
     after = route_counts(server.url)
     assert after["/"] - before.get("/", 0) == 1
     assert after["/static/{name}"] - before.get("/static/{name}", 0) == 3  # style.css, app.js and nope.js
-    assert after.get("other", 0) - before.get("other", 0) == 2  # /docs and /openapi.json: FastAPI's own routes
+    assert after["/docs"] - before.get("/docs", 0) == 1  # the offline docs page is a route of its own
+    assert after.get("other", 0) - before.get("other", 0) == 1  # /openapi.json: FastAPI's own route
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is missing: `make tools` (apt-get install chromium)")
@@ -107,6 +108,15 @@ def test_playground_in_chromium(server, sneaker, tmp_path):
         assert page.locator("#reconstruction").evaluate("img => img.naturalWidth") == 32
         assert float(page.locator("#psnr").text_content().split()[0]) > 15
         expect(page.locator("#psnr-note")).to_contain_text("Exact")
+
+        # the guidance schedule starts at the model's default and goes into the request
+        default = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()["data"][0]["sampling"]
+        expect(page.locator("#guidance-schedule")).to_have_value(default["guidance_schedule"])
+        with page.expect_request("**/v1/generate") as sent:
+            page.select_option("#guidance-schedule", "linear")
+            page.click("#generate-button")
+        assert sent.value.post_data_json["guidance_schedule"] == "linear"
+        page.select_option("#guidance-schedule", default["guidance_schedule"])
 
         # a grid of generated images with their seeds
         page.select_option("#class", "7")
@@ -234,3 +244,34 @@ def test_variations_in_the_playground(server, sneaker, tmp_path):
         # a 256-colour palette keeps the page's colours at a third of the bytes
         shot = Image.open(tmp_path / "variations.png").convert("RGB").quantize(256)
         shot.save(ROOT / "docs" / "playground-variations.png", optimize=True)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium is missing: `make tools` (apt-get install chromium)")
+def test_api_reference_renders_offline(server):
+    """/docs (Swagger UI) and /redoc render the operations with every request to another host refused: their scripts
+    come from the gateway; Swagger UI offers Authorize for the Bearer key."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page()
+        elsewhere = []
+
+        def only_the_gateway(route):
+            if route.request.url.startswith(server.url):
+                return route.continue_()
+            elsewhere.append((route.request.resource_type, route.request.url))
+            return route.abort()
+
+        page.route("**/*", only_the_gateway)
+        page.set_default_timeout(30_000)
+        page.goto(f"{server.url}/docs")
+        expect(page.locator(".opblock-summary-path", has_text="/v1/images/generations")).to_have_count(1)
+        assert page.locator(".opblock").count() >= 8
+        expect(page.locator("button.authorize")).to_be_visible()
+        page.goto(f"{server.url}/redoc")
+        expect(page.locator("h2", has_text="OpenAI-compatible image generation")).to_be_visible()
+        assert page.locator("h2", has_text="Class-conditional images").count() == 1
+        browser.close()
+    # nothing the pages need comes from elsewhere (ReDoc's bundle links only its "powered by" logo to its CDN)
+    assert [url for kind, url in elsewhere if kind != "image"] == [], elsewhere

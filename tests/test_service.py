@@ -118,7 +118,7 @@ def test_gateway_imports_neither_torch_nor_training_nor_export():
 
 
 def test_health_ready_and_models(gateway, model_repository):
-    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok", "models": []}
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok", "models": [FAMILY]}
     assert httpx.get(f"{gateway.url}/readyz").json()["models"] == [FAMILY]
     manifest = json.loads((model_repository / f"{FAMILY}.manifest.json").read_text())
     card = httpx.get(f"{gateway.url}/v1/models").json()["data"][0]
@@ -129,6 +129,10 @@ def test_health_ready_and_models(gateway, model_repository):
     assert card["sampling"] == manifest["sampling"]
     assert "/v1/generate" in httpx.get(f"{gateway.url}/openapi.json").json()["paths"]
     assert httpx.get(f"{gateway.url}/docs").status_code == 200
+    # invalid JSON is named as such, not as a field "[1]"
+    r = httpx.post(f"{gateway.url}/v1/generate", content=b"{oops", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "param" not in r.json()["error"]
+    assert r.json()["error"]["message"].startswith("the body is not valid JSON: "), r.json()
 
 
 def test_request_id_is_echoed_or_made_and_logged_as_json(gateway):

@@ -1,7 +1,7 @@
 """A real ``tritonserver`` for the integration tests: the binary bundled in ``nvidia-pytriton`` (``.venv-triton``,
 ``make setup-triton``), which has only the Python backend, serving the Python-backend twin of the model repository.
 
-How it is started is described in /work/shared/design/triton_on_cpu.md: the backends and caches copied into a
+How it is started without NVIDIA's container: the backends and caches copied into a
 scratch folder with the stub of the running Python beside the Python backend, ``nvidia_pytriton.libs`` and the
 Python's own LIBDIR on ``LD_LIBRARY_PATH``, the environment's ``bin`` first on ``PATH``.
 """

@@ -1,10 +1,13 @@
 """A small synchronous client of the gateway's v1 API: httpx only (no torch, no numpy)."""
 
 import base64
+import time
 
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+RETRY_STATUSES = (429, 503)  # a full queue, a backend not (yet) up: worth another try later
+MAX_RETRY_WAIT_S = 30.0  # a Retry-After above this is cut to it
 
 
 class ApiError(Exception):
@@ -18,8 +21,11 @@ class ApiError(Exception):
 class Client:
     """The gateway at ``url``; ``api_key`` is sent as ``Authorization: Bearer``."""
 
-    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0):
+    def __init__(self, url: str = DEFAULT_URL, api_key: str | None = None, timeout: float = 120.0, retries: int = 0):
+        """``retries``: how many times a 429 or 503 answer is tried again, after its Retry-After seconds (else 0.5,
+        1, 2, ... s; each wait at most MAX_RETRY_WAIT_S)."""
         self.url = url if "://" in url else f"http://{url}"
+        self.retries = retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
@@ -30,13 +36,12 @@ class Client:
         self.http.close()
 
     def call(self, method: str, path: str, **kwargs) -> dict:
-        """One request; its JSON answer, or ApiError."""
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TimeoutException as e:
-            raise ApiError("timeout", f"no answer from {self.url} in time ({e or type(e).__name__})") from None
-        except httpx.TransportError as e:
-            raise ApiError("connection_error", f"cannot reach {self.url}: {e or type(e).__name__}") from None
+        """One request (tried again on 429/503, ``retries`` times); its JSON answer, or ApiError."""
+        for attempt in range(self.retries + 1):
+            response = self._send(method, path, **kwargs)
+            if response.status_code not in RETRY_STATUSES or attempt == self.retries:
+                break
+            time.sleep(retry_wait(response.headers.get("retry-after"), attempt))
         if response.is_success:
             return response.json()
         try:
@@ -46,6 +51,14 @@ class Client:
             text = response.text.strip()[:200] or response.reason_phrase
             raise ApiError(f"http_{response.status_code}", text, status=response.status_code) from None
         raise ApiError(type_, message, param, response.status_code)
+
+    def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kwargs)
+        except httpx.TimeoutException as e:
+            raise ApiError("timeout", f"no answer from {self.url} in time ({e or type(e).__name__})") from None
+        except httpx.TransportError as e:
+            raise ApiError("connection_error", f"cannot reach {self.url}: {e or type(e).__name__}") from None
 
     def models(self) -> list[dict]:
         return self.call("GET", "/v1/models")["data"]
@@ -83,6 +96,16 @@ class Client:
             model=model, image=encoded, tokens=tokens, strength=strength, mask=mask, class_labels=class_labels, n=n
         )
         return self.call("POST", "/v1/variations", json={**body, **_without_none(**options)})
+
+
+def retry_wait(retry_after: str | None, attempt: int) -> float:
+    """Seconds before try ``attempt + 1``: the server's Retry-After (seconds) when it sends one, else an exponential
+    backoff from 0.5 s; never more than MAX_RETRY_WAIT_S."""
+    try:
+        wait = float(retry_after) if retry_after is not None else 0.5 * 2**attempt
+    except ValueError:  # an HTTP date: not worth parsing for a bounded wait
+        wait = 0.5 * 2**attempt
+    return min(max(wait, 0.0), MAX_RETRY_WAIT_S)
 
 
 def _without_none(**fields) -> dict:

@@ -31,11 +31,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .api import DEFAULT_URL, ApiError, Client
+from . import __version__
+from .api import DEFAULT_URL, MAX_RETRY_WAIT_S, ApiError, Client
 
 MAX_PER_REQUEST = 64  # the gateway's default TITOK_MAX_IMAGES and TITOK_MAX_N
 MAX_UPLOAD_BYTES = 8 << 20  # image bytes per tokenize request: in base64, under the default 16 MiB body limit
 FORMATS = ("png", "jpeg", "webp")
+SCHEDULES = ("constant", "linear", "power-cosine")  # the gateway's guidance schedules (GET /openapi.json)
+FORMAT_HELP = "image file format: png, jpeg (quality 95) or webp (lossless) (default: png)"
 
 
 class UsageError(Exception):
@@ -186,7 +189,11 @@ def cmd_generate(client: Client, args) -> None:
     labels = [int(c) if c.isdigit() else c for c in args.classes]
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     sampling = dict(
-        num_steps=args.steps, guidance_scale=args.guidance, temperature=args.temperature, format=args.format
+        num_steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_schedule=args.guidance_schedule,
+        temperature=args.temperature,
+        format=args.format,
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +245,11 @@ def cmd_vary(client: Client, args) -> None:
     labels = [None if c.lower() in ("null", "none") else int(c) if c.isdigit() else c for c in args.classes or ["null"]]
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     sampling = dict(
-        num_steps=args.steps, guidance_scale=args.guidance, temperature=args.temperature, format=args.format
+        num_steps=args.steps,
+        guidance_scale=args.guidance,
+        guidance_schedule=args.guidance_schedule,
+        temperature=args.temperature,
+        format=args.format,
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,8 +300,20 @@ def common_options(top: bool) -> argparse.ArgumentParser:
     p.add_argument("--url", default=default(None), help=f"gateway URL (TITOK_URL; default {DEFAULT_URL})")
     p.add_argument("--api-key", default=default(None), help="Bearer API key (TITOK_API_KEY)")
     p.add_argument("--timeout", type=float, default=default(120.0), help="seconds per request (120)")
-    p.add_argument("--model", default=default(None), help="model family (the gateway's default)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=default(None), help="progress bar")
+    p.add_argument("--model", default=default(None), help="model family (default: the gateway's first)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=default(3),
+        help="tries again after a 429 (queue full) or 503 (backend down) answer, waiting its Retry-After (else 0.5, "
+        f"1, 2, ... s; at most {MAX_RETRY_WAIT_S:g} s a wait) (default: 3; 0: never)",
+    )
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=default(None),
+        help="show a progress bar on stderr (default: when stderr is a terminal)",
+    )
     return p
 
 
@@ -301,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tokenize, detokenize, generate and vary images with a titok-serve gateway.",
         parents=[common_options(top=True)],
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     models = commands.add_parser("models", parents=[common], help="list the served models")
@@ -317,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     detok = commands.add_parser("detokenize", parents=[common], help="a tokens JSON file -> images")
     detok.add_argument("tokens", metavar="TOKENS_JSON", help="a tokens file ('-': stdin)")
     detok.add_argument("-o", "--output", default=".", help="directory for the images (default: .)")
-    detok.add_argument("--format", choices=FORMATS, default="png")
+    detok.add_argument("--format", choices=FORMATS, default="png", help=FORMAT_HELP)
     detok.add_argument("--batch-size", **per_request)
     detok.set_defaults(run=cmd_detokenize)
 
@@ -333,11 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("-n", type=positive, default=1, help="images per class (1)")
     gen.add_argument("--steps", type=positive, help="sampling steps (the model's default)")
-    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    gen.add_argument("--temperature", type=float, help="sampling temperature")
+    gen.add_argument("--guidance", type=float, help="classifier-free guidance scale (the model's default)")
+    gen.add_argument(
+        "--guidance-schedule", choices=SCHEDULES, help="how guidance grows over the steps (the model's default)"
+    )
+    gen.add_argument("--temperature", type=float, help="sampling temperature (the model's default)")
     gen.add_argument("--seed", type=int, help="image k uses seed + k (random when omitted)")
     gen.add_argument("-o", "--output", default=".", help="directory for the images (default: .)")
-    gen.add_argument("--format", choices=FORMATS, default="png")
+    gen.add_argument("--format", choices=FORMATS, default="png", help=FORMAT_HELP)
     gen.add_argument("--tokens", action="store_true", help="also write the token ids to OUTPUT/tokens.json")
     gen.add_argument("--batch-size", **per_request)
     gen.set_defaults(run=cmd_generate)
@@ -356,11 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     vary.add_argument("-n", type=positive, default=1, help="variations per class (1)")
     vary.add_argument("--steps", type=positive, help="steps of the full schedule (the model's default)")
-    vary.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    vary.add_argument("--temperature", type=float, help="sampling temperature")
+    vary.add_argument("--guidance", type=float, help="classifier-free guidance scale (the model's default)")
+    vary.add_argument(
+        "--guidance-schedule", choices=SCHEDULES, help="how guidance grows over the steps (the model's default)"
+    )
+    vary.add_argument("--temperature", type=float, help="sampling temperature (the model's default)")
     vary.add_argument("--seed", type=int, help="variation k uses seed + k (random when omitted)")
     vary.add_argument("-o", "--output", default=".", help="directory for the images (default: .)")
-    vary.add_argument("--format", choices=FORMATS, default="png")
+    vary.add_argument("--format", choices=FORMATS, default="png", help=FORMAT_HELP)
     vary.add_argument("--tokens", action="store_true", help="also write the token ids to OUTPUT/tokens.json")
     vary.add_argument("--batch-size", **per_request)
     vary.set_defaults(run=cmd_vary)
@@ -386,13 +416,19 @@ def main(argv: list[str] | None = None) -> int:
     url = args.url or os.environ.get("TITOK_URL") or DEFAULT_URL
     api_key = args.api_key or os.environ.get("TITOK_API_KEY") or None
     try:
-        with Client(url, api_key, args.timeout) as client:
+        if args.retries < 0:
+            raise UsageError(f"--retries must be 0 or more, not {args.retries}")
+        with Client(url, api_key, args.timeout, args.retries) as client:
             args.run(client, args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ApiError as e:
-        print(f"error: {e.type}: {' '.join(e.message.split())}", file=sys.stderr)
+        # the gateway does not know how this client takes its key: say it here
+        how = " (give the key with --api-key or TITOK_API_KEY)" if e.status == 401 else ""
+        if e.type == "connection_error":
+            how = " (is a gateway running there? `make serve` starts one; --url or TITOK_URL names another)"
+        print(f"error: {e.type}: {' '.join(e.message.split())}{how}", file=sys.stderr)
         return 1
     except OSError as e:  # writing an output
         print(f"error: os_error: {e}", file=sys.stderr)

@@ -13,6 +13,8 @@ import-released FILE --out DIR       convert a released TiTok .bin into our chec
 import argparse
 import sys
 
+from titok_core.extras import require
+
 
 def _train(rest: list[str]) -> None:
     from .train import load_config, train
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         sys.exit(f"unknown command {command!r}\n{__doc__}")
+    require("torch", purpose="python -m training")
     COMMANDS[command](rest)
 
 

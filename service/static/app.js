@@ -110,6 +110,7 @@ function selectModel(id) {
   showStrength();
   $("codebook-max").textContent = model.codebook_size - 1;
   $("guidance").value = model.sampling.guidance_scale;
+  $("guidance-schedule").value = model.sampling.guidance_schedule;
   $("temperature").value = model.sampling.temperature;
   $("steps").value = model.sampling.num_steps;
 }
@@ -267,7 +268,8 @@ async function decode() {
 
 async function generate() {
   await requireModel();
-  const body = { model: model.id, class_labels: Number($("class").value), return_tokens: true };
+  const body = { model: model.id, class_labels: Number($("class").value), return_tokens: true,
+    guidance_schedule: $("guidance-schedule").value };
   const fields = { n: "n", guidance_scale: "guidance", temperature: "temperature", num_steps: "steps", seed: "seed" };
   for (const [name, id] of Object.entries(fields)) {
     if ($(id).value !== "") body[name] = Number($(id).value);
@@ -286,7 +288,8 @@ async function vary() {
   await requireModel();
   const tokens = readTokens();
   const target = $("vary-class").value;
-  const body = { model: model.id, tokens, class_labels: target === "" ? null : Number(target), return_tokens: true };
+  const body = { model: model.id, tokens, class_labels: target === "" ? null : Number(target), return_tokens: true,
+    guidance_schedule: $("guidance-schedule").value };
   if (hidden.size) body.mask = [...hidden].sort((a, b) => a - b);
   else body.strength = Number($("strength").value);
   const fields = { n: "vary-n", seed: "vary-seed", guidance_scale: "guidance", temperature: "temperature", num_steps: "steps" };
