@@ -15,8 +15,10 @@ $(VENV)/bin/python:
 
 # stamp files: re-install only when pyproject.toml changes
 $(VENV)/.serve-installed: pyproject.toml | $(VENV)/bin/python
-	@echo "make: installing the gateway into $(VENV) (pip install -e '.[cpu]': FastAPI, ONNX Runtime; no PyTorch)"
-	@$(PIP) -e '.[cpu]'
+	@echo "make: installing the gateway into $(VENV) (pip install '.[cpu]': FastAPI, ONNX Runtime; no PyTorch)"
+	@# a plain install: an editable one makes setuptools print a warning box a newcomer takes for a failure;
+	@# python -m service runs from the checkout either way (the working directory comes first on sys.path)
+	@$(PIP) '.[cpu]'
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
