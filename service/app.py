@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from .backends import BackendFactory, create_backend
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import RequestContext
+from .middleware import BodyGuard, RequestContext
 from .registry import Registry
 from .routes import router
 from .serving import Serving
@@ -68,21 +68,17 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     app.include_router(router)
     pages, page_paths = page_router()
     app.include_router(pages)
+    # inside CORS, so that its 413 and 408 carry the CORS headers
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     routes = {route.path for route in router.routes if isinstance(route, APIRoute)} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=settings.max_body_bytes,
-        timeout_s=settings.request_timeout_s,
-        metrics=metrics,
-        routes=routes,
-    )
+    app.add_middleware(RequestContext, timeout_s=settings.request_timeout_s, metrics=metrics, routes=routes)
     return app

@@ -11,7 +11,7 @@ from titok_core.sampler import Generation, SamplingSettings
 
 from .backends import Backend
 from .batcher import MicroBatcher, RunFn, Seats
-from .errors import InvalidRequest, ServiceError
+from .errors import InvalidRequest, ServiceError, short
 from .metrics import Metrics
 from .scheduler import GenerationScheduler
 from .settings import Settings
@@ -144,7 +144,8 @@ class ServedModel:
         if isinstance(label, str):
             index = self._lower_names.get(label.strip().lower())
             if index is None:
-                raise InvalidRequest(f"unknown class {label!r}; classes: {', '.join(self.info.class_names)}", param)
+                classes = ", ".join(self.info.class_names)
+                raise InvalidRequest(f"unknown class {short(label)!r}; classes: {classes}", param)
             return index
         if isinstance(label, bool) or not 0 <= label < self.info.num_classes:
             raise InvalidRequest(f"class labels must lie in [0, {self.info.num_classes}), not {label!r}", param)

@@ -1,6 +1,7 @@
 """Typed errors of the gateway and the one place that turns every error into ``{"error": {...}}`` JSON."""
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -100,8 +101,20 @@ class ConfigurationError(RuntimeError):
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+MAX_MESSAGE = 400
+
+
+def short(text: str, limit: int = 40) -> str:
+    """Echoed input cut to a short prefix (a 100 KB class name must not come back whole)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def error_body(type_: str, message: str, param: str | None = None) -> dict:
-    """The one error shape."""
+    """The one error shape; the message has no object reprs (heap addresses) and a bounded length."""
+    message = _REPR.sub("the upload", message)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
     error = {"type": type_, "message": message}
     if param is not None:
         error["param"] = param
@@ -133,12 +146,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # malformed JSON is 422 on every route; its offset is no field
+            return _response(request, 422, "validation_error", f"the body is not valid JSON: {first.get('msg')}")
         param = _loc(first.get("loc", ()))
         message = "; ".join(f"{_loc(e.get('loc', ())) or 'body'}: {e.get('msg')}" for e in errors[:5])
         return _response(request, 422, "validation_error", message, param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's JSON parse
+            return _response(request, 422, "validation_error", "the body is not valid JSON (or nested too deeply)")
         type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
         return _response(request, exc.status_code, type_, str(exc.detail), headers=getattr(exc, "headers", None))
 

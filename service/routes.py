@@ -19,6 +19,7 @@ from .dependencies import (
     read_variation,
     require_json,
     require_key,
+    require_metrics_key,
 )
 from .schemas import (
     DetokenizeRequest,
@@ -158,7 +159,9 @@ async def readyz(serving: ServingDep) -> Health:
     return await serving.ready()
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", dependencies=[Depends(require_metrics_key)], summary="Prometheus metrics", response_class=Response
+)
 async def prometheus(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

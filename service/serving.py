@@ -24,6 +24,7 @@ from .errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
 from .metrics import Metrics
 from .registry import Registry
 from .schemas import (
+    MAX_SEED,
     ClassInfo,
     DetokenizeRequest,
     DetokenizeResponse,
@@ -181,6 +182,8 @@ class Serving:
             temperature=body.temperature,
         )
         base = body.seed if body.seed is not None else secrets.randbelow(2**31)  # random seeds are returned
+        if base + total - 1 > MAX_SEED:  # every reported seed must be one that can be sent back
+            raise InvalidRequest(f"seed + {total - 1} (the last image's seed) must be at most {MAX_SEED}", "seed")
         return [c for c in labels for _ in range(body.n)], [base + i for i in range(total)], sampling
 
     def _count(self, model: ServedModel, route: str, tokens: np.ndarray) -> None:
