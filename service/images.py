@@ -36,6 +36,7 @@ def sniff(data: bytes) -> str | None:
 def decode_base64(text: str, param: str) -> bytes:
     """Bytes of a base64 string, with or without a ``data:image/...;base64,`` prefix (any case); whitespace and
     line breaks (RFC 2045) are ignored."""
+    text = text.strip()
     if text[:5].lower() == "data:":
         _, _, text = text.partition(",")
     try:
@@ -67,11 +68,21 @@ def open_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
     return img
 
 
+# a decoded row costs memory of its own (PIL keeps a pointer and a 4-byte-aligned line per row): counted as pixels,
+# so that a 1x16,777,216 strip is not as cheap as its pixel count says
+ROW_COST_PIXELS = 8
+
+
 def decoded_pixels(data: bytes, max_pixels: int, param: str) -> int:
-    """What decoding an image costs, in pixels, from its header alone (413 over ``max_pixels``); the preprocessing
-    after it never makes more (an elongated image is cropped to its centre square before it is resized)."""
+    """What decoding an image costs, in pixels, from its header alone (413 over ``max_pixels``): its pixels plus
+    ``ROW_COST_PIXELS`` per row; the preprocessing after it never makes more (an elongated image is cropped to its
+    centre square before it is resized)."""
     width, height = open_image(data, max_pixels, param).size
-    return width * height
+    cost = width * height + ROW_COST_PIXELS * height
+    if cost > max_pixels:
+        message = f"image of {width}x{height} pixels costs {cost} to decode ({ROW_COST_PIXELS} more per row)"
+        raise PayloadTooLarge(f"{message}, over the limit of {max_pixels}", param)
+    return cost
 
 
 def load_pixels(img: Image.Image, param: str) -> Image.Image:
@@ -92,7 +103,7 @@ def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarra
     """Encoded bytes -> the model's (size, size, 3) uint8 input; the decoded pixels are released on return."""
     img = decode_image(data, max_pixels, param)
     try:
-        return preprocess(img, size)
+        return preprocess(img, size, release=True)
     finally:
         img.close()
 

@@ -73,8 +73,9 @@ class Serving:
 
     def __init__(self, settings: Settings, registry: Registry, metrics: Metrics):
         self.settings, self.registry, self.metrics = settings, registry, metrics
-        # two images decode at once, across requests: each may take its full pixel limit in memory
-        self._decoding = anyio.CapacityLimiter(2)
+        # one large image decodes at a time, across requests: it may take its full pixel limit (and a converted
+        # copy) in memory, and the peak of the process must stay bounded whatever the number of clients
+        self._decoding = anyio.CapacityLimiter(1)
 
     def models(self) -> ModelList:
         return ModelList(data=[_card(name, model) for name, model in self.registry.models.items()])

@@ -20,11 +20,11 @@ _STRIP_PIXELS = 1 << 18  # pixels per strip of a conversion
 def _strips(img: Image.Image, convert) -> Image.Image:
     """RGB image of ``convert`` (PIL strip -> uint8 (h, w, 3)) applied to horizontal strips of ``img``."""
     w, h = img.size
-    out = np.empty((h, w, 3), dtype=np.uint8)
+    out = Image.new("RGB", (w, h))
     rows = max(1, _STRIP_PIXELS // w)
     for top in range(0, h, rows):
-        out[top : top + rows] = convert(img.crop((0, top, w, min(h, top + rows))))
-    return Image.fromarray(out, "RGB")
+        out.paste(Image.fromarray(convert(img.crop((0, top, w, min(h, top + rows))))), (0, top))
+    return out
 
 
 def _on_black(strip: Image.Image) -> np.ndarray:
@@ -66,12 +66,16 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int] | None:
     return left, top, left + side, top + side
 
 
-def preprocess(img: Image.Image, size: int) -> np.ndarray:
-    """The model's input (size, size, 3) uint8: RGB, shorter side to ``size`` (bicubic, antialiased), centre crop."""
+def preprocess(img: Image.Image, size: int, release: bool = False) -> np.ndarray:
+    """The model's input (size, size, 3) uint8: RGB, shorter side to ``size`` (bicubic, antialiased), centre crop.
+    ``release``: ``img`` is closed (its pixels freed) as soon as a converted copy exists (the caller is done)."""
+    source = img
     box = crop_box(*img.size)
     if box is not None:  # before the conversion too: only the square is converted
         img = img.crop(box)
     img = to_rgb(img)
+    if release and img is not source:
+        source.close()
     w, h = img.size
     if min(w, h) != size:
         if w <= h:
