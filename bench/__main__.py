@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gateway, graphs, load
+from bench import gateway, graphs, hostile, load
 from bench.machine import facts
 
 FAMILY = "checkpoints/titok-fmnist"
@@ -57,6 +57,10 @@ def main(argv=None) -> int:
     cmd = f"python bench/load.py --repo {args.repo} --compare-generation --duration 3 --warmup 1"
     body = load.report(load.parser().parse_args(cmd.split()[2:]))
     sections.append(section("The gateway under closed-loop load, per route and concurrency", cmd, body))
+
+    cmd = f"python -m bench.hostile --repo {args.repo}"
+    body = hostile.report(args.repo)
+    sections.append(section("The front door under attack (issue 16; docs/reliability.md)", cmd, body))
 
     large_title = "The paper's TiTok-L-32 (random weights), 256x256"
     if args.skip_large:

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +145,34 @@ def png(width: int, height: int, mode: str = "RGB", **options) -> bytes:
         np.ascontiguousarray(data).reshape(height, width, *([channels] if channels > 1 else [])), mode
     ).save(out, "PNG", **options)
     return out.getvalue()
+
+
+def bomb(width: int, height: int) -> bytes:
+    """A small PNG whose header claims ``width`` x ``height`` (its data would not be enough: only the header counts)."""
+    small = png(8, 8, "L")
+    ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + small[24:29]
+    return small[:12] + ihdr + zlib.crc32(ihdr).to_bytes(4, "big") + small[33:]
+
+
+@functools.cache
+def grey16(side: int = 4096) -> bytes:
+    y, x = np.ogrid[:side, :side]
+    out = io.BytesIO()
+    Image.fromarray(((x * 16 + y * 8) % 65536).astype(np.uint16)).save(out, "PNG")
+    return out.getvalue()
+
+
+@functools.cache
+def jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), png_pixels(width, height)).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def png_pixels(width: int, height: int) -> bytes:
+    y, x = np.ogrid[:height, :width]
+    base = ((x * 7 + y * 3) % 256).astype(np.uint8)
+    return np.ascontiguousarray(np.broadcast_to(base[..., None], (height, width, 3))).tobytes()
 
 
 def b64(data: bytes) -> str:
@@ -332,6 +361,8 @@ def cases() -> list[Case]:
     for size in strips:
         png(*size, "L")  # made now, not while a case is measured
     png(4096, 4096, "RGBA")
+    grey16()
+    jpeg(4096, 4096)
     zeros = b'{"class_labels": [' + b"0," * 8_000_000 + b"0]}"  # within the 16 MiB body limit
     empties = b'{"images": [' + b'"",' * 5_500_000 + b'""]}'
     return [
@@ -356,6 +387,11 @@ def cases() -> list[Case]:
             lambda c: _statuses(_parallel(4, lambda: _tokenize(c, [png(4096, 4096, "RGBA")] * 3))),
             {"200x4"},
         ),
+        Case("a PNG header of 20,000x20,000 (a bomb)", lambda c: _tokenize(c, [bomb(20_000, 20_000)]), {413}),
+        Case("a 4096x4096 16-bit grey PNG", lambda c: _tokenize(c, [grey16()]), {200}),
+        Case("a 4096x4096 JPEG", lambda c: _tokenize(c, [jpeg(4096, 4096)]), {200}),
+        Case("64 PNGs of 1x100,000 in one request", lambda c: _tokenize(c, [png(1, 100_000, "L")] * 64), {200}),
+        Case("headers dripped a byte at a time", lambda c: raw(c.port, b"G", [b"E"] * 20, drip_s=0.25), {408}),
         Case(
             "a 32 MB header",
             lambda c: raw(c.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", [b"a" * (1 << 20)] * 32),

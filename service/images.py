@@ -68,19 +68,19 @@ def open_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
     return img
 
 
-# a decoded row costs memory of its own (PIL keeps a pointer and a 4-byte-aligned line per row): counted as pixels,
-# so that a 1x16,777,216 strip is not as cheap as its pixel count says
+# a decoded row costs memory of its own (PIL keeps a pointer and a 4-byte-aligned line per row): a row counts as at
+# least this many pixels, so that a 1x16,777,216 strip is not as cheap as its pixel count says
 ROW_COST_PIXELS = 8
 
 
 def decoded_pixels(data: bytes, max_pixels: int, param: str) -> int:
-    """What decoding an image costs, in pixels, from its header alone (413 over ``max_pixels``): its pixels plus
-    ``ROW_COST_PIXELS`` per row; the preprocessing after it never makes more (an elongated image is cropped to its
-    centre square before it is resized)."""
+    """What decoding an image costs, in pixels, from its header alone (413 over ``max_pixels``): its pixels, a row
+    counted as at least ``ROW_COST_PIXELS`` wide; the preprocessing after it never makes more (an elongated image is
+    cropped to its centre square before it is resized)."""
     width, height = open_image(data, max_pixels, param).size
-    cost = width * height + ROW_COST_PIXELS * height
+    cost = max(width, ROW_COST_PIXELS) * height
     if cost > max_pixels:
-        message = f"image of {width}x{height} pixels costs {cost} to decode ({ROW_COST_PIXELS} more per row)"
+        message = f"image of {width}x{height} costs {cost} pixels to decode (a row as {ROW_COST_PIXELS} at least)"
         raise PayloadTooLarge(f"{message}, over the limit of {max_pixels}", param)
     return cost
 

@@ -137,10 +137,9 @@ class BodyGuard:
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
                 raise self._too_large()
-            body = await self._read(receive, state.get("deadline", time.monotonic() + 3600))
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
-            if (kind == "application/json" or kind.endswith("+json")) and _json_values(body) > MAX_JSON_VALUES:
-                raise _Refused(413, PayloadTooLarge.type, f"the JSON body holds over {MAX_JSON_VALUES} values")
+            is_json = kind == "application/json" or kind.endswith("+json")
+            body = await self._read(receive, state.get("deadline", time.monotonic() + 3600), is_json)
         except _Refused as e:
             state["error_type"] = e.type
             return await _send_json(send, e.status, error_body(e.type, e.message), close=True)
@@ -161,8 +160,8 @@ class BodyGuard:
     def _too_large(self) -> _Refused:
         return _Refused(413, PayloadTooLarge.type, f"request body is over the limit of {self.max_body_bytes} bytes")
 
-    async def _read(self, receive, deadline: float) -> bytes:
-        chunks, size = [], 0
+    async def _read(self, receive, deadline: float, is_json: bool) -> bytes:
+        chunks, size, values = [], 0, 0
         while True:
             wait = min(self.read_timeout_s, deadline - time.monotonic())
             try:
@@ -175,6 +174,10 @@ class BodyGuard:
             size += len(chunk)
             if size > self.max_body_bytes:
                 raise self._too_large()
+            if is_json:  # counted as it comes: refused at the first chunk over, not after reading 16 MB
+                values += _json_values(chunk)
+                if values > MAX_JSON_VALUES:
+                    raise _Refused(413, PayloadTooLarge.type, f"the JSON body holds over {MAX_JSON_VALUES} values")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
