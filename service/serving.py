@@ -5,11 +5,14 @@ labels, the orchestration of image decoding and encoding, and the counting of wh
 HTTP and call it; the engine (``ServedModel``) checks model inputs, batches and runs them.
 """
 
+import asyncio
 import base64
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -74,8 +77,9 @@ class Serving:
     def __init__(self, settings: Settings, registry: Registry, metrics: Metrics):
         self.settings, self.registry, self.metrics = settings, registry, metrics
         # one large image decodes at a time, across requests: it may take its full pixel limit (and a converted
-        # copy) in memory, and the peak of the process must stay bounded whatever the number of clients
-        self._decoding = anyio.CapacityLimiter(1)
+        # copy) in memory, and the peak of the process must stay bounded whatever the number of clients; always
+        # the same thread, so that its freed memory is reused (another thread would grow another malloc arena)
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="titok-decode")
 
     def models(self) -> ModelList:
         return ModelList(data=[_card(name, model) for name, model in self.registry.models.items()])
@@ -117,9 +121,8 @@ class Serving:
             if costs[i] <= _INLINE_DECODE_PIXELS:  # faster than the hop to a worker thread
                 out[i] = imaging.load_image(data, size, limit, names[i])
             else:
-                out[i] = await anyio.to_thread.run_sync(
-                    imaging.load_image, data, size, limit, names[i], limiter=self._decoding
-                )
+                work = partial(imaging.load_image, data, size, limit, names[i])
+                out[i] = await asyncio.get_running_loop().run_in_executor(self._decoder, work)
         return out
 
     # -- detokenize ------------------------------------------------------------------------------------
