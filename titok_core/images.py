@@ -15,15 +15,20 @@ from PIL import Image
 
 MAX_ASPECT = 4  # longer side / shorter side beyond which the centre square is cut out before resizing
 _STRIP_PIXELS = 1 << 18  # pixels per strip of a conversion
+_REDUCING_GAP = 3.0
 
 
-def _strips(img: Image.Image, convert) -> Image.Image:
-    """RGB image of ``convert`` (PIL strip -> uint8 (h, w, 3)) applied to horizontal strips of ``img``."""
+def _strips(img: Image.Image, convert, factor: tuple[int, int] = (1, 1)) -> Image.Image:
+    """RGB image of ``convert`` (PIL strip -> uint8 (h, w, 3)) applied to horizontal strips of ``img``, each
+    box-reduced by ``factor`` as it is made (strips are whole blocks of the reduction: the same pixels as reducing
+    the whole converted image, without ever holding it)."""
     w, h = img.size
-    out = Image.new("RGB", (w, h))
-    rows = max(1, _STRIP_PIXELS // w)
+    fx, fy = factor
+    out = Image.new("RGB", (-(-w // fx), -(-h // fy)))
+    rows = max(1, _STRIP_PIXELS // w // fy) * fy
     for top in range(0, h, rows):
-        out.paste(Image.fromarray(convert(img.crop((0, top, w, min(h, top + rows))))), (0, top))
+        strip = Image.fromarray(convert(img.crop((0, top, w, min(h, top + rows)))), "RGB")
+        out.paste(strip.reduce(factor) if factor != (1, 1) else strip, (0, top // fy))
     return out
 
 
@@ -41,20 +46,25 @@ def _grey(scale: float):
     return convert
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode -> 8-bit RGB; transparency (alpha or tRNS) composited on black, 16/32-bit grey scaled to 8 bits."""
+def _rgb(strip: Image.Image) -> np.ndarray:
+    return np.asarray(strip.convert("RGB"))
+
+
+def to_rgb(img: Image.Image, factor: tuple[int, int] = (1, 1)) -> Image.Image:
+    """Any mode -> 8-bit RGB; transparency (alpha or tRNS) composited on black, 16/32-bit grey scaled to 8 bits;
+    box-reduced by ``factor`` (what ``resize`` with a ``reducing_gap`` does first) as it is converted."""
     if "transparency" in img.info and img.mode in ("P", "RGB", "L", "1", "I", "I;16"):
         # a palette or colour key: PIL applies it when converting to an alpha mode (a copy, then strips)
         img = img.convert("LA" if img.mode in ("L", "1") else "RGBA")
     if img.mode == "RGB":
-        return img
+        return img.reduce(factor) if factor != (1, 1) else img
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        return _strips(img, _on_black)
+        return _strips(img, _on_black, factor)
     if img.mode.startswith("I"):  # 16-bit PNGs open as I;16 or I
-        return _strips(img, _grey(257.0))
+        return _strips(img, _grey(257.0), factor)
     if img.mode == "F":
-        return _strips(img, _grey(1.0))
-    return img.convert("RGB")  # L, 1, CMYK, YCbCr, P without transparency
+        return _strips(img, _grey(1.0), factor)
+    return _strips(img, _rgb, factor)  # L, 1, CMYK, YCbCr, P without transparency
 
 
 def crop_box(width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -73,16 +83,22 @@ def preprocess(img: Image.Image, size: int, release: bool = False) -> np.ndarray
     box = crop_box(*img.size)
     if box is not None:  # before the conversion too: only the square is converted
         img = img.crop(box)
-    img = to_rgb(img)
-    if release and img is not source:
-        source.close()
     w, h = img.size
     if min(w, h) != size:
         if w <= h:
             new_w, new_h = size, max(size, int(size * h / w))
         else:
             new_w, new_h = max(size, int(size * w / h)), size
-        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=3.0)
+        # PIL's resize(reducing_gap=3) in two steps: the box reduction is done while converting (so a large image
+        # is never held twice), then the bicubic resize of the reduced image, exactly as PIL would
+        factor = (int(w / new_w / _REDUCING_GAP) or 1, int(h / new_h / _REDUCING_GAP) or 1)
+        img = to_rgb(img, factor)
+        if release and img is not source:
+            source.close()
+        area = (0.0, 0.0, w / factor[0], h / factor[1])
+        img = img.resize((new_w, new_h), Image.Resampling.BICUBIC, box=area)
+    else:
+        img = to_rgb(img)
     w, h = img.size
     left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
