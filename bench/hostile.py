@@ -533,8 +533,8 @@ def cases() -> list[Case]:
 # -- the run --------------------------------------------------------------------------------------------
 
 
-def run(repo: Path, log: Path) -> tuple[list[dict], dict]:
-    """Every case against one capped gateway; its rows and the checks made afterwards."""
+def run(repo: Path, log: Path, only: str = "") -> tuple[list[dict], dict]:
+    """Every case (whose name contains ``only``) against one capped gateway; its rows and the checks afterwards."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the flood's sockets are ours too
     target = Target(repo, log)
@@ -544,7 +544,7 @@ def run(repo: Path, log: Path) -> tuple[list[dict], dict]:
         client = httpx.Client(base_url=target.url, timeout=60)
         before = client.post("/v1/generate", json=SEEDED).json()
         ctx = Ctx(target, client)
-        for case in cases():
+        for case in [c for c in cases() if only.lower() in c.name.lower()]:
             time.sleep(0.3)
             base = target.rss()
             target.reset_peak()
@@ -621,9 +621,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default="model_repository")
     p.add_argument("--json", help="also write the rows and checks here")
+    p.add_argument("--only", default="", help="run only the cases whose name contains this")
     args = p.parse_args(argv)
     log = Path("/tmp") / f"titok-hostile-{os.getpid()}.log"
-    rows, checks = run(Path(args.repo), log)
+    rows, checks = run(Path(args.repo), log, args.only)
     print(table(rows, checks))
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "checks": checks}, indent=1))
