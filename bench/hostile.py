@@ -364,6 +364,8 @@ def cases() -> list[Case]:
     grey16()
     jpeg(4096, 4096)
     zeros = b'{"class_labels": [' + b"0," * 8_000_000 + b"0]}"  # within the 16 MiB body limit
+    escapes = b'{"class_labels": "' + b"\\u00e9" * 2_700_000 + b'"}'
+    spaces = b'{"class_labels": 1, "num_steps": 2' + b" " * 16_000_000 + b"}"
     empties = b'{"images": [' + b'"",' * 5_500_000 + b'""]}'
     return [
         Case("tokenize a 1x100,000 PNG", lambda c: _tokenize(c, [png(1, 100_000, "L")]), {200}),
@@ -418,6 +420,8 @@ def cases() -> list[Case]:
             lambda c: raw(c.port, post(c.port, "/v1/tokenize", empties), [empties]),
             {413},
         ),
+        Case("16 MB JSON: a class name of 2.7M escapes", lambda c: raw(c.port, post(c.port, g, escapes), [escapes]), {400}),
+        Case("16 MB JSON: whitespace around one label", lambda c: raw(c.port, post(c.port, g, spaces), [spaces]), {200}),
         Case(
             "10 clients with a 113-byte 1x16384 PNG",
             lambda c: _statuses(_parallel(10, lambda: _tokenize(c, [png(1, 16384, "L")]))),

@@ -37,7 +37,7 @@ def page_router() -> tuple[APIRouter, set[str]]:
     @router.get("/static/{name}")
     async def static(name: str) -> FileResponse:
         if name not in files:
-            raise HTTPException(404, f"no file {name!r} under /static")
+            raise HTTPException(404, "no such file under /static")
         return FileResponse(files[name])
 
     return router, {"/", *(f"/static/{name}" for name in files)}

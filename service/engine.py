@@ -142,7 +142,8 @@ class ServedModel:
     def class_id(self, label: int | str, param: str) -> int:
         """A class index from an index or a (case-insensitive) class name."""
         if isinstance(label, str):
-            index = self._lower_names.get(label.strip().lower())
+            # no class name is long: a long label is unknown without being copied (lower() of 16 MB stalls)
+            index = self._lower_names.get(label.strip().lower()) if len(label) <= 256 else None
             if index is None:
                 classes = ", ".join(self.info.class_names)
                 raise InvalidRequest(f"unknown class {short(label)!r}; classes: {classes}", param)

@@ -15,6 +15,8 @@ from .dependencies import (
     MetricsDep,
     ServingDep,
     accepted_image,
+    json_body,
+    json_schema,
     read_uploads,
     read_variation,
     require_json,
@@ -105,10 +107,11 @@ async def tokenize(
     dependencies=[_KEY, _JSON],
     responses={**_ERRORS, 200: {"content": {t: {} for t in imaging.MEDIA_TYPES.values()}}},
     response_model=DetokenizeResponse,
+    openapi_extra=json_schema(DetokenizeRequest),
     summary="Token ids to images (a single sequence with `Accept: image/png` returns the raw image)",
 )
 async def detokenize(
-    body: DetokenizeRequest,
+    body: Annotated[DetokenizeRequest, Depends(json_body(DetokenizeRequest))],
     accepted: Annotated[str | None, Depends(accepted_image)],
     serving: ServingDep,
     call: CallDep,
@@ -125,9 +128,12 @@ async def detokenize(
     responses=_ERRORS,
     response_model=GenerateResponse,
     response_model_exclude_none=True,
+    openapi_extra=json_schema(GenerateRequest),
     summary="Class-conditional images (MaskGIT with classifier-free guidance)",
 )
-async def generate(body: GenerateRequest, serving: ServingDep, call: CallDep) -> Response:
+async def generate(
+    body: Annotated[GenerateRequest, Depends(json_body(GenerateRequest))], serving: ServingDep, call: CallDep
+) -> Response:
     return _json(await serving.generate(body, call), exclude_none=True)
 
 
