@@ -18,7 +18,7 @@ from titok_core.extras import require
 # the suite runs PyTorch and onnxruntime itself: one line naming the extra, not a traceback, when they are missing
 require("torch", "onnxruntime", purpose="python -m bench")
 
-from bench import gateway, graphs, load  # noqa: E402
+from bench import gateway, graphs, hostile, load  # noqa: E402
 from bench.machine import facts  # noqa: E402
 
 FAMILY = "checkpoints/titok-fmnist"
@@ -62,6 +62,10 @@ def main(argv=None) -> int:
     cmd = f"python bench/load.py --repo {args.repo} --compare-generation --duration 3 --warmup 1"
     body = load.report(load.parser().parse_args(cmd.split()[2:]))
     sections.append(section("The gateway under closed-loop load, per route and concurrency", cmd, body))
+
+    cmd = f"python -m bench.hostile --repo {args.repo}"
+    body = hostile.report(args.repo)
+    sections.append(section("The front door under attack (issue 16; docs/reliability.md)", cmd, body))
 
     large_title = "The paper's TiTok-L-32 (random weights), 256x256"
     if args.skip_large:

@@ -23,6 +23,7 @@ from titok_core.extras import require
 from .app import create_app
 from .errors import ConfigurationError
 from .logs import configure_logging
+from .protocol import guarded_protocol, raise_open_files_limit
 from .settings import Settings
 
 
@@ -42,7 +43,22 @@ def main() -> int:
     except ConfigurationError as e:
         logging.getLogger("titok").error(str(e))
         return 1
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on")
+    files = raise_open_files_limit()
+    if files < settings.max_connections + 64:
+        logging.getLogger("titok").warning(
+            "%d open files allowed for %d connections: lower TITOK_MAX_CONNECTIONS", files, settings.max_connections
+        )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        http=guarded_protocol(settings),  # h11 with the connection, header and read limits (service/protocol.py)
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=2 * settings.max_header_bytes,  # a backstop behind the protocol's own 431
+    )
     return 0
 
 

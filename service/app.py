@@ -13,7 +13,7 @@ from .backends import BackendFactory, create_backend
 from .docs import docs_app
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import RequestContext
+from .middleware import BodyGuard, RequestContext
 from .openai_images import router as openai_router
 from .registry import Registry
 from .routes import router
@@ -40,7 +40,7 @@ def page_router() -> tuple[APIRouter, set[str]]:
     @router.get("/static/{name}")
     async def static(name: str) -> FileResponse:
         if name not in files:
-            raise HTTPException(404, f"no file {name!r} under /static")
+            raise HTTPException(404, "no such file under /static")
         return FileResponse(files[name])
 
     return router, {"/", *(f"/static/{name}" for name in files)}
@@ -72,22 +72,18 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     app.include_router(openai_router)
     pages, page_paths = page_router()
     app.include_router(pages)
+    # inside CORS, so that its 413 and 408 carry the CORS headers
+    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     api_routes = [*router.routes, *openai_router.routes]
     routes = {route.path for route in api_routes if isinstance(route, APIRoute)} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
-    app.add_middleware(
-        RequestContext,
-        max_body_bytes=settings.max_body_bytes,
-        timeout_s=settings.request_timeout_s,
-        metrics=metrics,
-        routes=routes,
-    )
+    app.add_middleware(RequestContext, timeout_s=settings.request_timeout_s, metrics=metrics, routes=routes)
     return app

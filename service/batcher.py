@@ -5,7 +5,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,13 @@ class _Job:
         return len(self.inputs[0])
 
 
+@dataclass(eq=False)
+class Seats:
+    """Queue rows held for a request from its admission until it submits them (or leaves)."""
+
+    rows: int
+
+
 class MicroBatcher:
     """Coalesces calls of one graph (up to ``max_batch_size`` rows, waiting at most ``max_wait_s``)."""
 
@@ -55,6 +63,7 @@ class MicroBatcher:
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self._queue: deque[_Job] = deque()
         self._queued_rows = 0
+        self._reserved_rows = 0  # held by admitted requests that have not submitted yet (Seats)
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._depth = metrics.queue_depth.labels(model, graph)
@@ -76,11 +85,32 @@ class MicroBatcher:
         for job in self._queue:
             job.future.cancel()
 
-    async def submit(self, *inputs: np.ndarray, request_id: str = "") -> np.ndarray:
-        """The graph's output for ``inputs`` (arrays with the same first dimension), batched with others."""
-        rows = len(inputs[0])
-        if self._queued_rows + rows > self.max_queue:
+    def _refuse_beyond(self, rows: int) -> None:
+        if self._queued_rows + self._reserved_rows + rows > self.max_queue:
             raise Overloaded(f"the {self.graph} queue of {self.model} is full; retry shortly")
+
+    @contextmanager
+    def reserve(self, rows: int) -> Iterator[Seats]:
+        """Hold ``rows`` of the queue for work that comes later (429 now if they are not free), so that a request
+        is refused before its earlier stages run, not after; released on exit unless ``submit`` took them."""
+        self._refuse_beyond(rows)
+        seats = Seats(rows)
+        self._reserved_rows += rows
+        try:
+            yield seats
+        finally:
+            self._reserved_rows -= seats.rows
+            seats.rows = 0
+
+    async def submit(self, *inputs: np.ndarray, request_id: str = "", seats: Seats | None = None) -> np.ndarray:
+        """The graph's output for ``inputs`` (arrays with the same first dimension), batched with others; ``seats``
+        from ``reserve`` are taken instead of checking the queue again."""
+        rows = len(inputs[0])
+        if seats is not None:
+            self._reserved_rows -= seats.rows
+            seats.rows = 0
+        else:
+            self._refuse_beyond(rows)
         loop = asyncio.get_running_loop()
         jobs = []
         for begin in range(0, rows, self.max_batch_size):  # a request larger than a batch runs as several

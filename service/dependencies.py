@@ -6,24 +6,36 @@ import asyncio
 import hmac
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from email.message import Message
 from functools import partial
 from typing import Annotated, TypeVar
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import images as imaging
-from .errors import ClientClosedRequest, DeadlineExceeded, InvalidRequest, Unauthorized, UnsupportedMediaType
+from .errors import (
+    ClientClosedRequest,
+    DeadlineExceeded,
+    InvalidRequest,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    short,
+)
 from .metrics import Metrics
 from .schemas import TokenizeRequest, VariationsRequest
 from .serving import Call, Serving
 from .settings import Settings
 
 T = TypeVar("T")
+_INLINE_PARSE_BYTES = 256 << 10  # a JSON body up to this size is parsed on the event loop (well under 10 ms)
 _UPLOAD_TYPES = {"image/png", "image/jpeg", "image/webp", "application/octet-stream", ""}
 
 # -- app.state (set once by create_app) ----------------------------------------------------------------
@@ -81,34 +93,100 @@ def require_json(request: Request) -> None:
     """415 for a body that is not declared as JSON."""
     kind = media_type(request)
     if kind != "application/json" and not kind.endswith("+json"):
-        raise UnsupportedMediaType(f"send application/json, not {kind or 'no content type'}")
+        raise UnsupportedMediaType(f"send application/json, not {short(kind) or 'no content type'}")
+
+
+def require_metrics_key(request: Request, settings: SettingsDep) -> None:
+    """The API key on /metrics too, when TITOK_METRICS_REQUIRE_KEY is set."""
+    if settings.metrics_require_key:
+        require_key(request, settings)
+
+
+def _quality(params: list[str]) -> float:
+    for param in params:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 def accepted_image(request: Request) -> str | None:
-    """The image format the Accept header asks for (first listed of png, jpeg, webp), else None."""
+    """The image format the Accept header prefers (highest q, then first listed, of png, jpeg, webp), else None;
+    q=0 means "not this one"."""
     by_type = {v: k for k, v in imaging.MEDIA_TYPES.items()}
+    best, best_q = None, 0.0
     for part in request.headers.get("accept", "").split(","):
-        kind = part.split(";")[0].strip().lower()
-        if kind in by_type:
-            return by_type[kind]
-    return None
+        kind, *params = part.split(";")
+        fmt, q = by_type.get(kind.strip().lower()), _quality(params)
+        if fmt is not None and q > best_q:
+            best, best_q = fmt, q
+    return best
+
+
+def _part_type(upload: UploadFile) -> str:
+    # a part's media type without its parameters ("image/png; x=y" is image/png)
+    return (upload.content_type or "").split(";")[0].strip().lower()
+
+
+@asynccontextmanager
+async def _form(request: Request, max_files: int, max_fields: int) -> AsyncIterator[FormData]:
+    """The request's form (its spooled files closed on exit); too many files or fields is 413, as for JSON."""
+    try:
+        form = await request.form(max_files=max_files, max_fields=max_fields)
+    except StarletteHTTPException as e:
+        if str(e.detail).startswith("Too many"):
+            raise PayloadTooLarge(f"at most {max_files - 1} files and {max_fields} fields per form") from None
+        raise
+    try:
+        yield form
+    finally:
+        await form.close()  # the spooled files
 
 
 # -- the body of /v1/tokenize --------------------------------------------------------------------------
+
+
+async def parse_json(model: type[T], data: bytes) -> T:
+    """``model`` of a JSON body (422 in the one shape); a large body is parsed off the event loop."""
+    if len(data) <= _INLINE_PARSE_BYTES:
+        return _validated(model, data)
+    return await anyio.to_thread.run_sync(_validated, model, data)
+
+
+def json_body(model: type[T]):
+    """A dependency reading ``model`` from the JSON body, off the event loop when the body is large (FastAPI's own
+    body parameter would parse it on the loop); the route declares the schema with ``json_schema(model)``."""
+
+    async def parse(request: Request) -> T:
+        return await parse_json(model, await request.body())
+
+    return parse
+
+
+def json_schema(model: type) -> dict:
+    """The OpenAPI ``openapi_extra`` of a route whose JSON body is read by ``json_body(model)``."""
+    schema = model.model_json_schema()  # type: ignore[attr-defined]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 async def read_uploads(request: Request, settings: SettingsDep) -> tuple[str | None, list[bytes]]:
     """The model named and the image files sent, as JSON (base64 list) or as a multipart upload of `files`."""
     kind = media_type(request)
     if kind == "application/json":
-        try:
-            body = TokenizeRequest.model_validate_json(await request.body())
-        except ValidationError as e:
-            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
-        return body.model, [imaging.decode_base64(text, f"images[{i}]") for i, text in enumerate(body.images)]
+        body = await parse_json(TokenizeRequest, await request.body())
+        if len(body.images) > settings.max_images:  # before any base64 is decoded
+            raise PayloadTooLarge(f"at most {settings.max_images} images per request", "images")
+
+        def decode() -> list[bytes]:
+            return [imaging.decode_base64(text, f"images[{i}]") for i, text in enumerate(body.images)]
+
+        return body.model, await anyio.to_thread.run_sync(decode)
     if kind != "multipart/form-data":
-        raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {kind or 'nothing'}")
-    async with request.form(max_files=settings.max_images + 1, max_fields=8) as form:  # closes spooled files
+        raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {short(kind) or 'nothing'}")
+    async with _form(request, max_files=settings.max_images + 1, max_fields=8) as form:
         name = form.get("model")
         if name is not None and not isinstance(name, str):
             raise InvalidRequest("model must be a text field", "model")
@@ -117,8 +195,8 @@ async def read_uploads(request: Request, settings: SettingsDep) -> tuple[str | N
         for i, upload in enumerate(uploads):
             if not isinstance(upload, UploadFile):
                 raise InvalidRequest("files must be file uploads", f"files[{i}]")
-            if (upload.content_type or "").lower() not in _UPLOAD_TYPES:
-                raise UnsupportedMediaType(f"{upload.content_type} is not a PNG, JPEG or WebP", f"files[{i}]")
+            if _part_type(upload) not in _UPLOAD_TYPES:
+                raise UnsupportedMediaType(f"{short(_part_type(upload))} is not a PNG, JPEG or WebP", f"files[{i}]")
             blobs.append(await upload.read())
     if not blobs:
         raise InvalidRequest("upload at least one image as `files`", "files")
@@ -131,10 +209,11 @@ _LIST_FIELDS = ("class_labels", "mask", "tokens")
 
 
 def _validated(model: type[T], data: str | bytes | dict) -> T:
-    """``model`` of JSON text or form data, its schema errors as FastAPI's (422 in the one error shape)."""
+    """``model`` of JSON text or form data (text fields: converted, a form has no other type), its schema errors as
+    FastAPI's (422 in the one error shape)."""
     try:
         if isinstance(data, dict):
-            return model.model_validate(data)  # type: ignore[attr-defined]
+            return model.model_validate(data, strict=False)  # type: ignore[attr-defined]
         return model.model_validate_json(data)  # type: ignore[attr-defined]
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
@@ -153,18 +232,18 @@ async def read_variation(request: Request, settings: SettingsDep) -> tuple[Varia
     the file `image`, or url-encoded with `tokens`; the other fields as text, lists comma-separated or repeated)."""
     kind = media_type(request)
     if kind == "application/json":
-        return _validated(VariationsRequest, await request.body()), None
+        return await parse_json(VariationsRequest, await request.body()), None
     if kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {kind or 'nothing'}")
+        raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {short(kind) or 'nothing'}")
     data: dict[str, object] = {}
     upload = None
-    async with request.form(max_files=2, max_fields=32) as form:  # closes spooled files
+    async with _form(request, max_files=2, max_fields=32) as form:
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key not in ("image", "file") or upload is not None:
                     raise InvalidRequest("upload exactly one file, as `image`", key)
-                if (value.content_type or "").lower() not in _UPLOAD_TYPES:
-                    raise UnsupportedMediaType(f"{value.content_type} is not a PNG, JPEG or WebP", "image")
+                if _part_type(value) not in _UPLOAD_TYPES:
+                    raise UnsupportedMediaType(f"{short(_part_type(value))} is not a PNG, JPEG or WebP", "image")
                 upload = await value.read()
             elif key in _LIST_FIELDS:
                 items = data.setdefault(key, [])

@@ -10,8 +10,8 @@ from titok_core.manifest import Manifest
 from titok_core.sampler import Generation, SamplingSettings
 
 from .backends import Backend
-from .batcher import MicroBatcher, RunFn
-from .errors import InvalidRequest, ServiceError
+from .batcher import MicroBatcher, RunFn, Seats
+from .errors import InvalidRequest, ServiceError, short
 from .metrics import Metrics
 from .scheduler import GenerationScheduler
 from .settings import Settings
@@ -142,9 +142,11 @@ class ServedModel:
     def class_id(self, label: int | str, param: str) -> int:
         """A class index from an index or a (case-insensitive) class name."""
         if isinstance(label, str):
-            index = self._lower_names.get(label.strip().lower())
+            # no class name is long: a long label is unknown without being copied (lower() of 16 MB stalls)
+            index = self._lower_names.get(label.strip().lower()) if len(label) <= 256 else None
             if index is None:
-                raise InvalidRequest(f"unknown class {label!r}; classes: {', '.join(self.info.class_names)}", param)
+                classes = ", ".join(self.info.class_names)
+                raise InvalidRequest(f"unknown class {short(label)!r}; classes: {classes}", param)
             return index
         if isinstance(label, bool) or not 0 <= label < self.info.num_classes:
             raise InvalidRequest(f"class labels must lie in [0, {self.info.num_classes}), not {label!r}", param)
@@ -161,9 +163,9 @@ class ServedModel:
     # -- work ------------------------------------------------------------------------------------------
 
     # request_id: the caller's X-Request-ID, handed on to the backend with the batch that serves it
-    async def tokenize(self, images: np.ndarray, request_id: str = "") -> np.ndarray:
-        """uint8 (B, H, W, 3) -> int64 (B, N)."""
-        return await self.encoder.submit(images, request_id=request_id)
+    async def tokenize(self, images: np.ndarray, request_id: str = "", seats: Seats | None = None) -> np.ndarray:
+        """uint8 (B, H, W, 3) -> int64 (B, N) (in ``seats`` of ``encoder.reserve`` when given)."""
+        return await self.encoder.submit(images, request_id=request_id, seats=seats)
 
     async def detokenize(self, tokens: np.ndarray, request_id: str = "") -> np.ndarray:
         """int64 (B, N) -> uint8 (B, H, W, 3)."""
@@ -174,8 +176,13 @@ class ServedModel:
         info = self.info
         dims = dict(seq_len=info.num_tokens, codebook_size=info.codebook_size, num_classes=info.num_classes)
         gens = [Generation.start(c, s, settings, **dims) for c, s in zip(class_ids, seeds, strict=True)]
-        tokens = await self.scheduler.generate(gens, request_id=request_id)
-        return tokens, await self.decoder.submit(tokens, request_id=request_id)
+        return await self._sample_and_decode(gens, request_id)
+
+    async def _sample_and_decode(self, gens: list[Generation], request_id: str):
+        # the decoder rows are held from admission: a full decoder refuses (429) before sampling, not after it
+        with self.decoder.reserve(len(gens)) as seats:
+            tokens = await self.scheduler.generate(gens, request_id=request_id)
+            return tokens, await self.decoder.submit(tokens, request_id=request_id, seats=seats)
 
     async def vary(
         self,
@@ -195,5 +202,4 @@ class ServedModel:
             Generation.resume(source, h, c, s, settings, **dims)
             for h, c, s in zip(hidden, class_ids, seeds, strict=True)
         ]
-        tokens = await self.scheduler.generate(gens, request_id=request_id)
-        return tokens, await self.decoder.submit(tokens, request_id=request_id)
+        return await self._sample_and_decode(gens, request_id)

@@ -1,6 +1,7 @@
 """Typed errors of the gateway and the one place that turns every error into ``{"error": {...}}`` JSON."""
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -100,8 +101,20 @@ class ConfigurationError(RuntimeError):
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 
 
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+MAX_MESSAGE = 400
+
+
+def short(text: str, limit: int = 40) -> str:
+    """Echoed input cut to a short prefix (a 100 KB class name must not come back whole)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def error_body(type_: str, message: str, param: str | None = None) -> dict:
-    """The one error shape."""
+    """The one error shape; the message has no object reprs (heap addresses) and a bounded length."""
+    message = _REPR.sub("the upload", message)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
     error = {"type": type_, "message": message}
     if param is not None:
         error["param"] = param
@@ -116,10 +129,11 @@ def error_for(path: str, status: int, type_: str, message: str, param: str | Non
     """The error body for a request path: the one shape, or OpenAI's on its routes: ``{"error": {"message", "type",
     "param", "code"}}`` with our type as ``code`` and OpenAI's coarse type (``invalid_request_error`` for a 4xx,
     ``server_error`` otherwise)."""
+    ours = error_body(type_, message, param)  # the message cleaned and bounded in either shape
     if not path.startswith(OPENAI_PATHS):
-        return error_body(type_, message, param)
+        return ours
     kind = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": kind, "param": param, "code": type_}}
+    return {"error": {"message": ours["error"]["message"], "type": kind, "param": param, "code": type_}}
 
 
 def _response(request: Request, status: int, type_: str, message: str, param=None, headers=None) -> JSONResponse:
@@ -160,6 +174,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's JSON parse
+            return _response(request, 422, "validation_error", "the body is not valid JSON (or nested too deeply)")
         type_ = _HTTP_TYPES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
         return _response(request, exc.status_code, type_, str(exc.detail), headers=getattr(exc, "headers", None))
 

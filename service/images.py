@@ -34,11 +34,13 @@ def sniff(data: bytes) -> str | None:
 
 
 def decode_base64(text: str, param: str) -> bytes:
-    """Bytes of a base64 string, with or without a ``data:image/...;base64,`` prefix."""
-    if text.startswith("data:"):
+    """Bytes of a base64 string, with or without a ``data:image/...;base64,`` prefix (any case); whitespace and
+    line breaks (RFC 2045) are ignored."""
+    text = text.strip()
+    if text[:5].lower() == "data:":
         _, _, text = text.partition(",")
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidImage(f"not valid base64: {e}", param) from None
 
@@ -66,6 +68,23 @@ def open_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
     return img
 
 
+# a decoded row costs memory of its own (PIL keeps a pointer and a 4-byte-aligned line per row): a row counts as at
+# least this many pixels, so that a 1x16,777,216 strip is not as cheap as its pixel count says
+ROW_COST_PIXELS = 8
+
+
+def decoded_pixels(data: bytes, max_pixels: int, param: str) -> int:
+    """What decoding an image costs, in pixels, from its header alone (413 over ``max_pixels``): its pixels, a row
+    counted as at least ``ROW_COST_PIXELS`` wide; the preprocessing after it never makes more (an elongated image is
+    cropped to its centre square before it is resized)."""
+    width, height = open_image(data, max_pixels, param).size
+    cost = max(width, ROW_COST_PIXELS) * height
+    if cost > max_pixels:
+        message = f"image of {width}x{height} costs {cost} pixels to decode (a row as {ROW_COST_PIXELS} at least)"
+        raise PayloadTooLarge(f"{message}, over the limit of {max_pixels}", param)
+    return cost
+
+
 def load_pixels(img: Image.Image, param: str) -> Image.Image:
     """Decode the pixels of an image from ``open_image``."""
     try:
@@ -81,8 +100,12 @@ def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
 
 
 def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarray:
-    """Encoded bytes -> the model's (size, size, 3) uint8 input."""
-    return preprocess(decode_image(data, max_pixels, param), size)
+    """Encoded bytes -> the model's (size, size, 3) uint8 input; the decoded pixels are released on return."""
+    img = decode_image(data, max_pixels, param)
+    try:
+        return preprocess(img, size, release=True)
+    finally:
+        img.close()
 
 
 def encode_image(array: np.ndarray, fmt: str) -> bytes:

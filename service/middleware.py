@@ -1,5 +1,8 @@
-"""The request context (pure ASGI): request id, body limit, deadline, metrics and one access-log line."""
+"""Two pure-ASGI middlewares: the request context (request id, deadline, HEAD, the one error shape, metrics and
+one access-log line), outermost; and the body guard (the body read whole, under a byte limit and a read timeout,
+before any route parses it), inside CORS so that its 413 and 408 carry CORS headers."""
 
+import asyncio
 import json
 import logging
 import re
@@ -8,24 +11,25 @@ import uuid
 
 from starlette.datastructures import MutableHeaders
 
-from .errors import PayloadTooLarge, error_for
+from .errors import PayloadTooLarge, error_for, short
 from .metrics import Metrics
 
 log = logging.getLogger("titok.access")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class RequestContext:
-    """Wraps every HTTP request: X-Request-ID in and out, 413 beyond the body limit, metrics and the log line."""
+_TYPES = {400: "invalid_request", 403: "forbidden", 404: "not_found", 405: "method_not_allowed"}
+# what a JSON body may hold at most (array items and objects, counted by their separators): far above any valid
+# request (64 sequences of 256 ids), far below what would stall the loop while it is parsed
+MAX_JSON_VALUES = 1 << 16
 
-    def __init__(self, app, *, max_body_bytes: int, timeout_s: float, metrics: Metrics, routes: set[str]):
-        self.app, self.max_body_bytes, self.timeout_s, self.metrics, self.routes = (
-            app,
-            max_body_bytes,
-            timeout_s,
-            metrics,
-            routes,
-        )
+
+class RequestContext:
+    """Wraps every HTTP request: X-Request-ID in and out, the deadline, HEAD as GET, the one error shape for the
+    framework's own refusals, metrics and the log line."""
+
+    def __init__(self, app, *, timeout_s: float, metrics: Metrics, routes: set[str]):
+        self.app, self.timeout_s, self.metrics, self.routes = app, timeout_s, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -50,37 +54,54 @@ class RequestContext:
                 MutableHeaders(scope=message).append("X-Request-ID", request_id)
             await send(message)
 
-        received = 0
+        head = scope["method"] == "HEAD"
+        if head:  # HEAD wherever GET is allowed: the GET answer without its body
+            scope["method"] = "GET"
+        error_start: dict | None = None
+        error_sent = False
 
-        async def receive_limited():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:  # a chunked body without Content-Length
-                    raise PayloadTooLarge(f"request body is over the limit of {self.max_body_bytes} bytes")
-            return message
+        async def send_json_errors(message):
+            # a refusal of the framework's (CORS, 405...) that is not JSON leaves in the one error shape
+            nonlocal error_start, error_sent
+            if error_sent:
+                return
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                kind = dict(message.get("headers", [])).get(b"content-type", b"")
+                if not kind.startswith(b"application/json"):
+                    error_start = message
+                    return
+            if error_start is not None and message["type"] == "http.response.body":
+                text = short(message.get("body", b"").decode("utf-8", "replace").strip() or "request refused")
+                code = error_start["status"]
+                drop = (b"content-type", b"content-length")
+                kept = [(k, v) for k, v in error_start.get("headers", []) if k.lower() not in drop]
+                state.setdefault("error_type", _TYPES.get(code, "invalid_request"))
+                data = json.dumps(error_for(scope["path"], code, state["error_type"], text)).encode()
+                length = str(len(data)).encode()
+                headers = [*kept, (b"content-type", b"application/json"), (b"content-length", length)]
+                await send_with_id({"type": "http.response.start", "status": code, "headers": headers})
+                await send_with_id({"type": "http.response.body", "body": b"" if head else data})
+                error_sent = True
+                return
+            if head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send_with_id(message)
 
         try:
-            length = headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                state["error_type"] = PayloadTooLarge.type
-                msg = f"request body is over the limit of {self.max_body_bytes} bytes"
-                await self._send_json(send_with_id, 413, error_for(scope["path"], 413, PayloadTooLarge.type, msg))
-            else:
-                await self.app(scope, receive_limited, send_with_id)
+            await self.app(scope, receive, send_json_errors)
         except Exception:  # a bug: answer 500 in the one shape, log the traceback, never send it
             log.exception("unhandled error", extra={"request_id": request_id})
             state["error_type"] = "internal_error"
             if status is None:
-                body = error_for(scope["path"], 500, "internal_error", "internal error")
-                await self._send_json(send_with_id, 500, body)
+                await _send_json(send_with_id, 500, error_for(scope["path"], 500, "internal_error", "internal error"))
         finally:
             in_flight.dec()
             duration = time.perf_counter() - start
             route = scope.get("route")
             label = route.path if route is not None and hasattr(route, "path") else "other"
-            status = status or 499  # nothing was sent: the client went away first
+            if status is None:  # nothing was sent: the client went away first
+                status = 499
+                state.setdefault("error_type", "client_closed_request")
             self.metrics.requests.labels(label, scope["method"], str(status)).inc()
             self.metrics.request_seconds.labels(label, scope["method"], str(status)).observe(duration)
             if status >= 400:
@@ -98,9 +119,88 @@ class RequestContext:
                 },
             )
 
-    @staticmethod
-    async def _send_json(send, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": data})
+
+class _Refused(Exception):
+    def __init__(self, status: int, type_: str, message: str):
+        self.status, self.type, self.message = status, type_, message
+
+
+class BodyGuard:
+    """Reads a request's body whole before the app sees it: 413 past ``max_body_bytes`` (declared or streamed,
+    chunked included), 408 when a chunk takes longer than ``read_timeout_s`` or the body outlasts the deadline, a
+    client that leaves counted as a disconnect (499); a JSON body with too many values is 413 before any parse."""
+
+    def __init__(self, app, *, max_body_bytes: int, read_timeout_s: float):
+        self.app, self.max_body_bytes, self.read_timeout_s = app, max_body_bytes, read_timeout_s
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        state = scope.setdefault("state", {})
+        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"])
+        try:
+            length = headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                raise self._too_large()
+            kind = headers.get("content-type", "").split(";")[0].strip().lower()
+            is_json = kind == "application/json" or kind.endswith("+json")
+            body = await self._read(receive, state.get("deadline", time.monotonic() + 3600), is_json)
+        except _Refused as e:
+            state["error_type"] = e.type
+            return await _send_json(send, e.status, error_for(scope["path"], e.status, e.type, e.message), close=True)
+        except _ClientLeft:
+            state["error_type"] = "client_closed_request"
+            return  # nobody is there to answer: logged and counted as 499
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, for the request's watcher
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> _Refused:
+        return _Refused(413, PayloadTooLarge.type, f"request body is over the limit of {self.max_body_bytes} bytes")
+
+    async def _read(self, receive, deadline: float, is_json: bool) -> bytes:
+        chunks, size, values = [], 0, 0
+        while True:
+            wait = min(self.read_timeout_s, deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.001))
+            except asyncio.TimeoutError:
+                raise _Refused(408, "request_timeout", "the request body was not received in time") from None
+            if message["type"] == "http.disconnect":
+                raise _ClientLeft
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            if is_json:  # counted as it comes: refused at the first chunk over, not after reading 16 MB
+                values += _json_values(chunk)
+                if values > MAX_JSON_VALUES:
+                    raise _Refused(413, PayloadTooLarge.type, f"the JSON body holds over {MAX_JSON_VALUES} values")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+class _ClientLeft(Exception):
+    pass
+
+
+def _json_values(body: bytes) -> int:
+    """An upper bound on the values of a JSON text, from its separators (C-speed: ~1 ms a MB, no parse)."""
+    return body.count(b",") + body.count(b"[") + body.count(b"{")
+
+
+async def _send_json(send, status: int, body: dict, close: bool = False) -> None:
+    data = json.dumps(body).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+    if close:  # the rest of an unread body is not waited for
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})

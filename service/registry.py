@@ -8,7 +8,7 @@ from titok_core.manifest import GRAPHS, MANIFEST_SUFFIX, Manifest, manifest_path
 
 from .backends import BackendFactory, create_backend
 from .engine import ModelInfo, ServedModel
-from .errors import ConfigurationError, ModelNotFound
+from .errors import ConfigurationError, ModelNotFound, short
 from .metrics import Metrics
 from .settings import Settings
 
@@ -56,7 +56,7 @@ class Registry:
             return next(iter(self.models.values()))
         model = self.models.get(name)
         if model is None:
-            raise ModelNotFound(f"model {name!r} is not served; served: {', '.join(self.models)}", "model")
+            raise ModelNotFound(f"model {short(name)!r} is not served; served: {', '.join(self.models)}", "model")
         return model
 
     async def start(self) -> None:

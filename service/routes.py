@@ -15,10 +15,13 @@ from .dependencies import (
     MetricsDep,
     ServingDep,
     accepted_image,
+    json_body,
+    json_schema,
     read_uploads,
     read_variation,
     require_json,
     require_key,
+    require_metrics_key,
 )
 from .schemas import (
     DetokenizeRequest,
@@ -104,10 +107,11 @@ async def tokenize(
     dependencies=[_KEY, _JSON],
     responses={**_ERRORS, 200: {"content": {t: {} for t in imaging.MEDIA_TYPES.values()}}},
     response_model=DetokenizeResponse,
+    openapi_extra=json_schema(DetokenizeRequest),
     summary="Token ids to images (a single sequence with `Accept: image/png` returns the raw image)",
 )
 async def detokenize(
-    body: DetokenizeRequest,
+    body: Annotated[DetokenizeRequest, Depends(json_body(DetokenizeRequest))],
     accepted: Annotated[str | None, Depends(accepted_image)],
     serving: ServingDep,
     call: CallDep,
@@ -124,9 +128,12 @@ async def detokenize(
     responses=_ERRORS,
     response_model=GenerateResponse,
     response_model_exclude_none=True,
+    openapi_extra=json_schema(GenerateRequest),
     summary="Class-conditional images (MaskGIT with classifier-free guidance)",
 )
-async def generate(body: GenerateRequest, serving: ServingDep, call: CallDep) -> Response:
+async def generate(
+    body: Annotated[GenerateRequest, Depends(json_body(GenerateRequest))], serving: ServingDep, call: CallDep
+) -> Response:
     return _json(await serving.generate(body, call), exclude_none=True)
 
 
@@ -158,7 +165,9 @@ async def readyz(serving: ServingDep) -> Health:
     return await serving.ready()
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics", dependencies=[Depends(require_metrics_key)], summary="Prometheus metrics", response_class=Response
+)
 async def prometheus(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

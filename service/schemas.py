@@ -1,6 +1,6 @@
 """Request and response models of the v1 API (their field descriptions are the /docs page)."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,9 +13,15 @@ MAX_SEED = 2**63 - 1
 _MODEL = Field(None, description="Model family; the default family when omitted.", examples=["titok-fmnist"])
 
 
+# list bounds of the schema, far above the settings' limits (which answer 413 with the limit): an absurd list is
+# refused while it is validated, before any work
+_MAX_ITEMS, _MAX_IDS = 1024, 4096
+
+
 class _Request(BaseModel):
-    # unknown fields and NaN/Infinity are refused (422) rather than silently ignored
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    # unknown fields and NaN/Infinity are refused (422) rather than silently ignored; strict: true is not 1 and
+    # "5" is not 5 (a form's text fields are converted where they are read, service/dependencies.py)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 # -- models --------------------------------------------------------------------------------------------
@@ -69,6 +75,7 @@ class TokenizeRequest(_Request):
     model: str | None = _MODEL
     images: list[str] = Field(
         min_length=1,
+        max_length=_MAX_ITEMS,
         description="Base64 PNG, JPEG or WebP images (a `data:image/...;base64,` prefix is allowed). Any size and "
         "mode: converted to RGB (transparency composited on black), the shorter side resized to the model's size "
         "(bicubic, antialiased) and centre-cropped.",
@@ -91,8 +98,8 @@ class DetokenizeRequest(_Request):
     """Token sequences to turn back into images."""
 
     model: str | None = _MODEL
-    tokens: list[list[int]] = Field(
-        min_length=1, description="Sequences of exactly `num_tokens` ids in [0, codebook_size)."
+    tokens: list[Annotated[list[int], Field(max_length=_MAX_IDS)]] = Field(
+        min_length=1, max_length=_MAX_ITEMS, description="Sequences of exactly `num_tokens` ids in [0, codebook_size)."
     )
     format: ImageFormat = Field("png", description="Output image format (JPEG quality 95, WebP lossless).")
 
@@ -118,7 +125,7 @@ class GenerateRequest(_Request):
     """Class-conditional generation with MaskGIT; every omitted sampling field takes the model's default."""
 
     model: str | None = _MODEL
-    class_labels: int | str | list[int | str] = Field(
+    class_labels: int | str | Annotated[list[int | str], Field(max_length=_MAX_ITEMS)] = Field(
         description="Class indices or names (one or a list); `n` images are made for each.", examples=[[0, "Sneaker"]]
     )
     n: int = Field(1, ge=1, description="Images per class label.")
@@ -170,7 +177,9 @@ class VariationsRequest(_Request):
         description="The source image, base64 PNG, JPEG or WebP (preprocessed as for tokenize). Give `image` "
         "or `tokens`.",
     )
-    tokens: list[int] | None = Field(None, description="The source's `num_tokens` token ids, instead of an image.")
+    tokens: Annotated[list[int], Field(max_length=_MAX_IDS)] | None = Field(
+        None, description="The source's `num_tokens` token ids, instead of an image."
+    )
     strength: float | None = Field(
         None,
         ge=0,
@@ -178,10 +187,10 @@ class VariationsRequest(_Request):
         description="Fraction of the tokens re-generated (rounded half up), at positions drawn from each image's "
         "seed: 0 gives the source back, 1 a new image. Give `strength` or `mask`.",
     )
-    mask: list[int] | None = Field(
+    mask: Annotated[list[int], Field(max_length=_MAX_IDS)] | None = Field(
         None, description="Explicit token positions in [0, num_tokens) to re-generate, the same for every image."
     )
-    class_labels: int | str | list[int | str | None] | None = Field(
+    class_labels: int | str | Annotated[list[int | str | None], Field(max_length=_MAX_ITEMS)] | None = Field(
         None,
         description="Target class indices or names (one or a list); `n` images are made for each. null (or omitted) "
         "conditions on the null class: unconditional.",

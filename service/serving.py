@@ -5,11 +5,14 @@ labels, the orchestration of image decoding and encoding, and the counting of wh
 HTTP and call it; the engine (``ServedModel``) checks model inputs, batches and runs them.
 """
 
+import asyncio
 import base64
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -24,6 +27,7 @@ from .errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
 from .metrics import Metrics
 from .registry import Registry
 from .schemas import (
+    MAX_SEED,
     ClassInfo,
     DetokenizeRequest,
     DetokenizeResponse,
@@ -43,8 +47,8 @@ from .schemas import (
 from .settings import Settings
 
 T = TypeVar("T")
-# a few small images (64x64 each) decode inline in well under a millisecond
-_INLINE_DECODE_PIXELS = 4 * 64 * 64
+# a small image (64x64) decodes inline in well under a millisecond
+_INLINE_DECODE_PIXELS = 64 * 64
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,10 @@ class Serving:
 
     def __init__(self, settings: Settings, registry: Registry, metrics: Metrics):
         self.settings, self.registry, self.metrics = settings, registry, metrics
-        # a few images decode at once: each may take its full pixel limit in memory while it is decoded
-        self._decoding = anyio.CapacityLimiter(4)
+        # one large image decodes at a time, across requests: it may take its full pixel limit (and a converted
+        # copy) in memory, and the peak of the process must stay bounded whatever the number of clients; always
+        # the same thread, so that its freed memory is reused (another thread would grow another malloc arena)
+        self._decoder = ThreadPoolExecutor(1, thread_name_prefix="titok-decode")
 
     def models(self) -> ModelList:
         return ModelList(data=[_card(name, model) for name, model in self.registry.models.items()])
@@ -94,8 +100,9 @@ class Serving:
         model = self.registry.get(name)
         if len(blobs) > self.settings.max_images:
             raise PayloadTooLarge(f"at most {self.settings.max_images} images per request", "images")
-        images = await self._decode(blobs, model.info.image_size)
-        tokens = await call.run(model.tokenize(images, call.request_id))
+        with model.encoder.reserve(len(blobs)) as seats:  # 429 before any image is decoded
+            images = await call.run(self._decode(blobs, model.info.image_size))
+            tokens = await call.run(model.tokenize(images, call.request_id, seats))
         self.metrics.tokens_produced.labels(model.info.family, "tokenize").inc(tokens.size)
         info = model.info
         return TokenizeResponse(
@@ -103,19 +110,24 @@ class Serving:
         )
 
     async def _decode(self, blobs: list[bytes], size: int, names: list[str] | None = None) -> np.ndarray:
-        """uint8 (B, size, size, 3): every header is checked before any pixel is decoded; ``names`` are the
-        request fields of the blobs (images[i] by default)."""
+        """uint8 (B, size, size, 3). The cost is decided before any pixel is decoded: every header is read and
+        checked against the per-image and per-request pixel limits (413). Then the images are decoded and
+        preprocessed one at a time in a worker thread, each released before the next, so a request holds at most
+        one decoded image; run under ``call.run``, a deadline or a disconnect stops it between images."""
         limit = self.settings.max_image_pixels
         names = names or [f"images[{i}]" for i in range(len(blobs))]
-        opened = [imaging.open_image(data, limit, names[i]) for i, data in enumerate(blobs)]  # headers only
-
-        def decode() -> list[np.ndarray]:
-            return [imaging.preprocess(imaging.load_pixels(im, names[i]), size) for i, im in enumerate(opened)]
-
-        # small images decode faster than the hop to a worker thread; large ones must not stall the event loop
-        if sum(im.width * im.height for im in opened) <= _INLINE_DECODE_PIXELS:
-            return np.stack(decode())
-        return np.stack(await anyio.to_thread.run_sync(decode, limiter=self._decoding))
+        costs = [imaging.decoded_pixels(data, limit, names[i]) for i, data in enumerate(blobs)]  # headers only
+        if sum(costs) > self.settings.max_request_pixels:
+            message = f"the images hold {sum(costs)} pixels, over the limit of {self.settings.max_request_pixels}"
+            raise PayloadTooLarge(message + " per request", "images")
+        out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+        for i, data in enumerate(blobs):
+            if costs[i] <= _INLINE_DECODE_PIXELS:  # faster than the hop to a worker thread
+                out[i] = imaging.load_image(data, size, limit, names[i])
+            else:
+                work = partial(imaging.load_image, data, size, limit, names[i])
+                out[i] = await asyncio.get_running_loop().run_in_executor(self._decoder, work)
+        return out
 
     # -- detokenize ------------------------------------------------------------------------------------
 
@@ -190,6 +202,8 @@ class Serving:
             temperature=body.temperature,
         )
         base = body.seed if body.seed is not None else secrets.randbelow(2**31)  # random seeds are returned
+        if base + total - 1 > MAX_SEED:  # every reported seed must be one that can be sent back
+            raise InvalidRequest(f"seed + {total - 1} (the last image's seed) must be at most {MAX_SEED}", "seed")
         return [c for c in labels for _ in range(body.n)], [base + i for i in range(total)], sampling
 
     def _count(self, model: ServedModel, route: str, tokens: np.ndarray) -> None:
@@ -223,8 +237,9 @@ class Serving:
         elif body.strength is not None:
             hidden = [strength_mask(body.strength, s, info.num_tokens) for s in seeds]
         if image is not None:
-            pixels = await self._decode([image], info.image_size, ["image"])
-            source = (await call.run(model.tokenize(pixels, call.request_id)))[0]
+            with model.encoder.reserve(1) as seats:
+                pixels = await call.run(self._decode([image], info.image_size, ["image"]))
+                source = (await call.run(model.tokenize(pixels, call.request_id, seats)))[0]
         elif body.tokens is not None:
             source = model.check_tokens([body.tokens], "tokens")[0]
         work = model.vary(source, hidden, class_ids, seeds, sampling, call.request_id)

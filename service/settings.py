@@ -39,9 +39,17 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(16 * _MIB, ge=1024, description="request body limit (413 beyond it)")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="pixels per decoded image (413 beyond it)")
+    max_request_pixels: int = Field(64 * _MIB, ge=1, description="decoded pixels per request, all images (413)")
     max_images: int = Field(64, ge=1, description="images or token sequences per request")
     max_n: int = Field(64, ge=1, description="images per generate or variations request")
     max_steps: int = Field(64, ge=1, description="sampling steps per generate request")
+
+    # the served port's own limits (service/protocol.py): what uvicorn alone does not bound
+    max_connections: int = Field(1000, ge=1, description="open connections; beyond it a new one gets 429 and is closed")
+    max_header_bytes: int = Field(16384, ge=1024, description="request line and headers (431 beyond it)")
+    read_timeout_s: float = Field(10.0, gt=0, description="the longest wait for headers or a body chunk (408 beyond)")
+    keep_alive_s: float = Field(5.0, gt=0, description="idle time before a keep-alive connection is closed")
+    metrics_require_key: bool = Field(False, description="/metrics needs the API key too")
 
     api_keys: Annotated[list[str], NoDecode] = Field([], description="comma-separated Bearer keys; empty: no auth")
     cors_origins: Annotated[list[str], NoDecode] = Field([], description="comma-separated origins; empty: CORS off")

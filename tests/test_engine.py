@@ -451,7 +451,8 @@ async def test_a_backend_that_is_down_is_503_backend_unavailable(model_repositor
 
 
 async def test_a_full_generation_queue_is_429_with_retry_after_while_the_backend_is_busy(model_repository):
-    async with app_on_fake(model_repository, max_batch_size=1, max_queue=2) as (app, client, backend):
+    # 3 decoder rows: each admitted generation holds its row from admission (1 + 2 taken, the third is refused)
+    async with app_on_fake(model_repository, max_batch_size=1, max_queue=3) as (app, client, backend):
         backend.hold("generator")
         body = {"class_labels": 0, "num_steps": 2, "seed": 0}
         first = asyncio.create_task(client.post("/v1/generate", json=body))
