@@ -37,6 +37,7 @@ class RequestContext:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["deadline"] = time.monotonic() + self.timeout_s
+        state["arrival"] = time.monotonic()  # each family's deadlines count from here (service/limits.py)
         # the label of a route must not come from the raw path (a fuzzer would make unbounded label values)
         path_label = scope["path"] if scope["path"] in self.routes else "other"
         in_flight = self.metrics.in_flight.labels(path_label)
