@@ -291,3 +291,43 @@ def test_triton_serves_the_released_family_as_the_embedded_backend_does(released
             g.stop()
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The client and the playground with 1000 classes
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_the_client_finds_classes_among_1000(both):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TITOK_")}
+    cmd = [sys.executable, "-m", "titok_client", "--url", both.url, "models", "--search", "retriever"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    assert "207 golden retriever" in r.stdout and "208 Labrador retriever" in r.stdout and "tench" not in r.stdout
+    assert "softmax annealing" in r.stdout and "generate 330 s" in r.stdout
+    r = subprocess.run(cmd[:-2], capture_output=True, text=True, env=env, cwd=ROOT, timeout=TIMEOUT)
+    assert "classes: 1000 (0 tench" in r.stdout and "7 Sneaker" in r.stdout  # the small family lists them all
+
+
+@pytest.mark.slow
+def test_the_playground_searches_1000_classes(both):
+    from tests.test_playground import CHROMIUM
+
+    if not CHROMIUM.exists():
+        pytest.skip("Chromium is missing: `make tools` (apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM))
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(both.url)
+        page.select_option("#model", RELEASE)
+        expect(page.locator("#class option")).to_have_count(1000)
+        page.fill("#class-search", "retriever")
+        expect(page.locator("#class option")).to_have_count(5)
+        expect(page.locator("#class-count")).to_have_text("5 of 1000 classes")
+        expect(page.locator("#class")).to_have_value("205")  # the first match is chosen
+        page.fill("#class-search", "980")
+        expect(page.locator("#class option")).to_have_text(["980 volcano"])
+        browser.close()
