@@ -81,7 +81,6 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     app.add_middleware(
         RequestContext,
         max_body_bytes=settings.max_body_bytes,
-        timeout_s=settings.request_timeout_s,
         metrics=metrics,
         routes=routes,
     )

@@ -18,14 +18,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 class RequestContext:
     """Wraps every HTTP request: X-Request-ID in and out, 413 beyond the body limit, metrics and the log line."""
 
-    def __init__(self, app, *, max_body_bytes: int, timeout_s: float, metrics: Metrics, routes: set[str]):
-        self.app, self.max_body_bytes, self.timeout_s, self.metrics, self.routes = (
-            app,
-            max_body_bytes,
-            timeout_s,
-            metrics,
-            routes,
-        )
+    def __init__(self, app, *, max_body_bytes: int, metrics: Metrics, routes: set[str]):
+        self.app, self.max_body_bytes, self.metrics, self.routes = app, max_body_bytes, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -36,7 +30,6 @@ class RequestContext:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["deadline"] = time.monotonic() + self.timeout_s
         state["arrival"] = time.monotonic()  # each family's deadlines count from here (service/limits.py)
         # the label of a route must not come from the raw path (a fuzzer would make unbounded label values)
         path_label = scope["path"] if scope["path"] in self.routes else "other"
