@@ -143,7 +143,7 @@ def report(args) -> str:
         "| model | route | batch | HTTP images/s | graphs images/s | HTTP / graphs |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for model in args.model:
+    for model in args.model or ["titok-l-32"]:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             weights, repo = Path(tmp) / "weights", Path(tmp) / "repository"
             weights.mkdir()
@@ -169,9 +169,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    args.model = args.model or ["titok-l-32"]
-    print(report(args))
+    print(report(parser().parse_args(argv)))
     return 0
 
 
