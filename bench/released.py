@@ -7,11 +7,13 @@ Per model: released-layout files are written from random weights, built by ``pyt
 (verification skipped: at full size it takes minutes, and tests/test_released.py checks the same path), then
 
 - graphs alone: the ONNX Runtime sessions of the family called directly; tokenize is the encoder on preprocessed
-  pixels, detokenize the decoder, generate the sampler's steps on the generator graph then the decoder;
+  pixels, detokenize the decoder, generate the sampler's steps (the family's defaults) on the generator graph then
+  the decoder;
 - HTTP: a ``python -m service`` subprocess serving the family, one request of B images (tokenize: B PNG photos of
   another size, resized and cropped by the gateway; detokenize: B token sequences; generate: ``n = B``).
 
-One timed run after one warm-up per cell (runs of many seconds each); images/s = B / seconds.
+One timed run after one warm-up per cell (runs of many seconds each), HTTP right after the graphs for each cell;
+images/s = B / seconds. Both sides use ``--threads`` onnxruntime threads.
 """
 
 import argparse
@@ -64,8 +66,39 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def graph_times(repo: Path, family: str, sizes: list[int], threads: int) -> dict[tuple[str, int], float]:
+class _Gateway:
+    """``python -m service`` serving ``repo``, ready (its warm-up runs every graph: minutes for a large family)."""
+
+    def __init__(self, repo: Path, threads: int):
+        port = 18000 + os.getpid() % 1000
+        env = {**os.environ, "TITOK_PORT": str(port), "TITOK_MODEL_REPOSITORY": str(repo), "TITOK_LOG_LEVEL": "warning"}
+        env["TITOK_ORT_INTRA_OP_THREADS"] = str(threads)
+        self.proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900)
+        deadline = time.monotonic() + READY_S
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                if self.client.get("/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(1)
+        self.close()
+        raise RuntimeError("the gateway did not get ready")
+
+    def post(self, route: str, body: dict) -> None:
+        self.client.post(f"/v1/{route}", json=body).raise_for_status()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def measure(repo: Path, family: str, sizes: list[int], threads: int) -> dict[tuple[str, str, int], float]:
+    """Seconds per call, ``(side, route, batch)``: each cell over HTTP right after the same cell on the graphs alone,
+    so that both sides see the same load of a shared machine."""
     manifest = read_manifest(repo, family)
+    gateway = _Gateway(repo, threads)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     sessions = {
@@ -79,62 +112,44 @@ def graph_times(repo: Path, family: str, sizes: list[int], threads: int) -> dict
     def logits(tokens, classes):
         return sessions["generator"].run(None, {"tokens": tokens, "class_ids": classes.reshape(-1, 1)})[0]
 
-    def gen(b):
-        tokens = generate(logits, list(range(b)), list(range(b)), settings=manifest.sampling, **dims)
+    def graphs(route: str, b: int, tokens: np.ndarray):
+        if route == "tokenize":
+            return sessions["encoder"].run(None, {"images": np.repeat(pixels[None], b, axis=0)})
+        if route == "generate":
+            tokens = generate(logits, [207] * b, list(range(b)), settings=manifest.sampling, **dims)
         return sessions["decoder"].run(None, {"tokens": tokens})
 
     out = {}
-    for b in sizes:
-        images = np.repeat(pixels[None], b, axis=0)
-        tokens = rng.integers(0, manifest.codebook_size, (b, manifest.num_tokens), dtype=np.int64)
-        out["tokenize", b] = timed(lambda images=images: sessions["encoder"].run(None, {"images": images}))
-        out["detokenize", b] = timed(lambda tokens=tokens: sessions["decoder"].run(None, {"tokens": tokens}))
-        out["generate", b] = timed(lambda b=b: gen(b))
-        print({k: round(v, 2) for k, v in out.items()}, file=sys.stderr, flush=True)
-    return out
-
-
-def http_times(repo: Path, family: str, sizes: list[int], threads: int) -> dict[tuple[str, int], float]:
-    manifest = read_manifest(repo, family)
-    port = 18000 + os.getpid() % 1000
-    env = {**os.environ, "TITOK_PORT": str(port), "TITOK_MODEL_REPOSITORY": str(repo), "TITOK_LOG_LEVEL": "warning"}
-    env["TITOK_ORT_INTRA_OP_THREADS"] = str(threads)
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + READY_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        else:
-            raise RuntimeError("the gateway did not get ready")
-        client = httpx.Client(base_url=url, timeout=900)
-        rng = np.random.default_rng(0)
-        out = {}
         for b in sizes:
             photos = [base64.b64encode(photo_png(seed=i)).decode() for i in range(b)]
-            tokens = rng.integers(0, manifest.codebook_size, (b, manifest.num_tokens)).tolist()
+            tokens = rng.integers(0, manifest.codebook_size, (b, manifest.num_tokens), dtype=np.int64)
             bodies = {
                 "tokenize": {"model": family, "images": photos},
-                "detokenize": {"model": family, "tokens": tokens},
+                "detokenize": {"model": family, "tokens": tokens.tolist()},
                 "generate": {"model": family, "class_labels": [207], "n": b, "seed": 0},
             }
             for route, body in bodies.items():
-
-                def call(route=route, body=body):
-                    r = client.post(f"/v1/{route}", json=body)
-                    r.raise_for_status()
-
-                out[route, b] = timed(call)
-            print({k: round(v, 2) for k, v in out.items()}, file=sys.stderr, flush=True)
-        return out
+                out["graphs", route, b] = timed(lambda route=route, b=b, tokens=tokens: graphs(route, b, tokens))
+                out["http", route, b] = timed(lambda route=route, body=body: gateway.post(route, body))
+                print(
+                    f"{family} {route} b{b}: {out['http', route, b]:.1f} s over HTTP, "
+                    f"{out['graphs', route, b]:.1f} s on the graphs",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        gateway.close()
+    return out
+
+
+def _measure_built(model: str, folder: Path, sizes: list[int], threads: int) -> dict:
+    weights, repo = folder / "weights", folder / "repository"
+    if not (repo / f"{model}.manifest.json").is_file():
+        weights.mkdir(parents=True, exist_ok=True)
+        write_weights(model, weights)
+        assert build_released(model, weights, repo, verify=False).ok
+    return measure(repo, model, sizes, threads)
 
 
 def report(args) -> str:
@@ -144,17 +159,14 @@ def report(args) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for model in args.model or ["titok-l-32"]:
-        with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
-            weights, repo = Path(tmp) / "weights", Path(tmp) / "repository"
-            weights.mkdir()
-            write_weights(model, weights)
-            result = build_released(model, weights, repo, verify=False)
-            assert result.ok
-            graphs = graph_times(repo, model, sizes, args.threads)
-            http = http_times(repo, model, sizes, args.threads)
+        if args.workdir:  # kept: a second run measures the family already built there
+            seconds = _measure_built(model, Path(args.workdir) / model, sizes, args.threads)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                seconds = _measure_built(model, Path(tmp), sizes, args.threads)
         for route in ("tokenize", "detokenize", "generate"):
             for b in sizes:
-                h, g = b / http[route, b], b / graphs[route, b]
+                h, g = b / seconds["http", route, b], b / seconds["graphs", route, b]
                 lines.append(f"| {model} | {route} | {b} | {h:.2f} | {g:.2f} | {h / g:.0%} |")
     return "\n".join(lines)
 
@@ -164,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", choices=sorted(RELEASES), help="repeatable (default: titok-l-32)")
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads (both sides)")
-    p.add_argument("--workdir", default=None, help="where the full-size files go (several GB; default: the tmp dir)")
+    p.add_argument("--workdir", default=None, help="keep the full-size files (GBs) here, reused by the next run")
     return p
 
 
