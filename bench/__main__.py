@@ -1,7 +1,7 @@
 """The benchmark suite: every table of docs/benchmarks.md from one command, on this machine, ratios from one run.
 
     python -m bench                       # all sections; writes docs/benchmarks.md
-    python -m bench --skip-large          # keep the earlier TiTok-L-32 section (the slow one) as it is
+    python -m bench --skip-large          # keep the earlier TiTok-L-32 sections (the slow ones) as they are
 
 Run it on a quiet machine: other work on the same cores distorts the ratios (PyTorch eager suffers most).
 """
@@ -18,7 +18,7 @@ from titok_core.extras import require
 # the suite runs PyTorch and onnxruntime itself: one line naming the extra, not a traceback, when they are missing
 require("torch", "onnxruntime", purpose="python -m bench")
 
-from bench import gateway, graphs, hostile, load  # noqa: E402
+from bench import gateway, graphs, hostile, load, released  # noqa: E402
 from bench.machine import facts  # noqa: E402
 
 FAMILY = "checkpoints/titok-fmnist"
@@ -68,15 +68,20 @@ def main(argv=None) -> int:
     sections.append(section("The front door under attack (issue 16; docs/reliability.md)", cmd, body))
 
     large_title = "The paper's TiTok-L-32 (random weights), 256x256"
+    served_title = "The released models served at 256x256 (random weights): HTTP vs the graphs alone"
     if args.skip_large:
-        earlier = _section_of(Path(args.out), large_title)
-        if earlier:  # keep the slow section's last measurement rather than drop it
-            sections.append(earlier.rstrip("\n") + "\n\n(Carried over from an earlier run of `python -m bench`.)\n")
+        for title in (large_title, served_title):
+            earlier = _section_of(Path(args.out), title)
+            if earlier:  # keep the slow sections' last measurement rather than drop them
+                sections.append(earlier.rstrip("\n") + "\n\n(Carried over from an earlier run of `python -m bench`.)\n")
     else:
         cmd = "python -m bench.graphs --preset titok-l-32 --batch-sizes 1,8 --pipelines --no-graphs"
         cmd += " --repeats 1 --warmup 1"  # runs of many seconds each: one timed run after one warm-up
         body = graphs.run(graphs.parser().parse_args(cmd.split()[3:] + ["--threads", str(args.threads)]))
         sections.append(section(large_title, cmd, body))
+        cmd = "python -m bench.released --model titok-l-32 --batch-sizes 1,8"
+        body = released.report(released.parser().parse_args(cmd.split()[3:] + ["--threads", str(args.threads)]))
+        sections.append(section(served_title, cmd, body))
 
     minutes = (time.time() - started) / 60
     head = [

@@ -16,9 +16,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     build = sub.add_parser("build", help="export, verify and write a family into a Triton model repository")
-    build.add_argument("--tokenizer", required=True, help="checkpoint folder or released tokenizer .bin")
-    build.add_argument("--generator", required=True, help="checkpoint folder or released generator .bin")
-    build.add_argument("--family", required=True, help="family name: models are <family>_{encoder,decoder,generator}")
+    build.add_argument("--tokenizer", help="checkpoint folder or released tokenizer .bin")
+    build.add_argument("--generator", help="checkpoint folder or released generator .bin")
+    build.add_argument("--family", help="family name: models are <family>_{encoder,decoder,generator}")
+    build.add_argument(
+        "--released",
+        choices=("titok-l-32", "titok-b-64", "titok-s-128"),
+        help="a released model: its files from --weights, 256x256, ImageNet class names, the paper's sampling",
+    )
+    build.add_argument("--weights", help="--released: the folder with the released .bin files")
+    build.add_argument("--fetch", action="store_true", help="--released: download missing files from the hub")
+    build.add_argument(
+        "--configs",
+        help="--released: a JSON file {tokenizer: config, generator: config} for files of other sizes in the released "
+        "layout (e.g. reduced copies in tests); default: the released models' own",
+    )
     build.add_argument("--out", default="model_repository", help="repository folder (default: model_repository)")
     build.add_argument("--max-batch-size", type=int, default=64)
     build.add_argument("--instances", type=int, default=1, help="instances per model (default: 1)")
@@ -53,7 +65,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _build_released(args) -> int:
+    from .released import build_released
+    from .verify import report_markdown
+
+    if not args.weights:
+        print("--released needs --weights DIR (the folder with the released .bin files)", file=sys.stderr)
+        return 2
+    presets = {}
+    if args.configs:
+        import json
+
+        from training.models import config_from_dict
+
+        presets = {f"{k}_preset": config_from_dict(v) for k, v in json.loads(Path(args.configs).read_text()).items()}
+    result = build_released(
+        args.released, args.weights, args.out, args.family, args.fetch, verify=not args.skip_verify, **presets
+    )
+    if result.report is not None:
+        print(report_markdown(result.report))
+    if not result.ok:
+        print(f"verification failed: nothing written to {args.out}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.family or args.released}_{{encoder,decoder,generator}} and {result.manifest}")
+    return 0
+
+
 def _build(args) -> int:
+    if args.released:
+        return _build_released(args)
+    if not (args.tokenizer and args.generator and args.family):
+        print("build needs --tokenizer, --generator and --family (or --released and --weights)", file=sys.stderr)
+        return 2
     from .build import build_family
     from .sources import load_source
     from .triton_repo import TritonSettings

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from titok_core.manifest import write_manifest
+from titok_core.manifest import ServingLimits, write_manifest
+from titok_core.sampler import SamplingSettings
 from training.models import TiTokConfig, check_pair
 
 from .manifest import build_manifest
@@ -42,10 +43,13 @@ def build_family(
     verify: bool = True,
     batch_sizes=BATCH_SIZES,
     decoder_batch_sizes=None,
+    sampling: SamplingSettings | None = None,
+    limits: ServingLimits | None = None,
 ) -> BuildResult:
     """Export, verify (unless ``verify`` is False) and write ``out/<family>_*`` and ``out/<family>.manifest.json``.
 
     Class names: ``names``, else those recorded in the generator source's metadata, else ``class_<i>``.
+    ``sampling`` (default: the generator config's) and ``limits`` (default: the gateway's) go into the manifest.
     """
     if not _FAMILY_NAME.match(family):
         raise ValueError(f"family name {family!r} must be letters, digits, '_', '-' or '.', starting alphanumeric")
@@ -68,6 +72,6 @@ def build_family(
         signatures = family_signatures_of(tokenizer)
         write_models(out, family, graphs, signatures, settings)
     manifest = build_manifest(
-        out, family, tokenizer.config, generator.config, signatures, settings, names, sources, report
+        out, family, tokenizer.config, generator.config, signatures, settings, names, sources, report, sampling, limits
     )
     return BuildResult(report, write_manifest(out, manifest))

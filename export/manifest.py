@@ -3,7 +3,7 @@
 import datetime
 from pathlib import Path
 
-from titok_core.manifest import GRAPHS, GraphEntry, Manifest, Signature, sha256
+from titok_core.manifest import GRAPHS, GraphEntry, Manifest, ServingLimits, Signature, sha256
 from titok_core.sampler import SamplingSettings
 
 from .triton_repo import MODEL_FILE, TritonSettings, model_name
@@ -19,6 +19,8 @@ def build_manifest(
     class_names: list[str],
     sources: dict[str, dict],
     verification: dict | None,
+    sampling: SamplingSettings | None = None,
+    limits: ServingLimits | None = None,
 ) -> Manifest:
     """The manifest of a family whose model files are already in ``repo``."""
     import onnx  # here, not at the top: reading a manifest (twin, tensorrt) should not load torch
@@ -44,12 +46,14 @@ def build_manifest(
         class_names=tuple(class_names),
         max_batch_size=settings.max_batch_size,
         graphs=graphs,
-        sampling=SamplingSettings(
+        sampling=sampling
+        or SamplingSettings(
             num_steps=gen.num_steps,
             guidance_scale=gen.guidance_scale,
             guidance_schedule=gen.guidance_schedule,
             temperature=gen.temperature,
         ),
+        serving=limits or ServingLimits(),
         sources=sources,
         export={
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -73,7 +73,12 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     pages, page_paths = page_router()
     app.include_router(pages)
     # inside CORS, so that its 413 and 408 carry the CORS headers
-    app.add_middleware(BodyGuard, max_body_bytes=settings.max_body_bytes, read_timeout_s=settings.read_timeout_s)
+    app.add_middleware(
+        BodyGuard,
+        max_body_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.read_timeout_s,
+        body_timeout_s=settings.request_timeout_s,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -85,5 +90,5 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     api_routes = [*router.routes, *openai_router.routes]
     routes = {route.path for route in api_routes if isinstance(route, APIRoute)} | page_paths
     # added last, so it is outermost: it sees (and logs) every request, CORS preflights included
-    app.add_middleware(RequestContext, timeout_s=settings.request_timeout_s, metrics=metrics, routes=routes)
+    app.add_middleware(RequestContext, metrics=metrics, routes=routes)
     return app

@@ -263,11 +263,12 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def guarded(request: Request, work: Awaitable[T]) -> T:
-    """Run the engine's ``work`` until done, the deadline (504) or the client leaving (its work is cancelled)."""
+async def guarded(request: Request, work: Awaitable[T], deadline_s: float) -> T:
+    """Run the engine's ``work`` until done, ``deadline_s`` after the request arrived (504) or the client leaving
+    (its work is cancelled)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
-    timeout = request.scope["state"]["deadline"] - time.monotonic()
+    timeout = request.scope["state"]["arrival"] + deadline_s - time.monotonic()
     try:
         done, _ = await asyncio.wait({task, watcher}, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
     except BaseException:

@@ -1,6 +1,7 @@
 """One served model family: what its manifest says, its batchers and scheduler, and the checks on its inputs."""
 
 import asyncio
+import difflib
 import logging
 from dataclasses import dataclass, replace
 
@@ -12,6 +13,7 @@ from titok_core.sampler import Generation, SamplingSettings
 from .backends import Backend
 from .batcher import MicroBatcher, RunFn, Seats
 from .errors import InvalidRequest, ServiceError, short
+from .limits import FamilyLimits
 from .metrics import Metrics
 from .scheduler import GenerationScheduler
 from .settings import Settings
@@ -32,9 +34,10 @@ class ModelInfo:
     class_names: tuple[str, ...]
     max_batch_size: int
     sampling: SamplingSettings  # the family's defaults
+    limits: FamilyLimits  # batch, queue, request sizes and deadlines, for this family
 
     @classmethod
-    def from_manifest(cls, manifest: Manifest) -> "ModelInfo":
+    def from_manifest(cls, manifest: Manifest, settings: Settings) -> "ModelInfo":
         return cls(
             family=manifest.family,
             version=manifest.version,
@@ -45,6 +48,7 @@ class ModelInfo:
             class_names=manifest.class_names,
             max_batch_size=manifest.max_batch_size,
             sampling=manifest.sampling,
+            limits=FamilyLimits.of(manifest, settings),
         )
 
 
@@ -53,8 +57,7 @@ class ServedModel:
 
     def __init__(self, info: ModelInfo, backend: Backend, settings: Settings, metrics: Metrics):
         self.info, self.backend = info, backend
-        batch = min(settings.max_batch_size, info.max_batch_size)
-        queue, wait = settings.max_queue, settings.max_wait_ms / 1000
+        batch, queue, wait = info.limits.max_batch_size, info.limits.max_queue, settings.max_wait_ms / 1000
 
         def batcher(graph: str, run: RunFn) -> MicroBatcher:
             return MicroBatcher(
@@ -145,12 +148,20 @@ class ServedModel:
             # no class name is long: a long label is unknown without being copied (lower() of 16 MB stalls)
             index = self._lower_names.get(label.strip().lower()) if len(label) <= 256 else None
             if index is None:
-                classes = ", ".join(self.info.class_names)
-                raise InvalidRequest(f"unknown class {short(label)!r}; classes: {classes}", param)
+                raise InvalidRequest(f"unknown class {short(label)!r}; {self._known_classes(label)}", param)
             return index
         if isinstance(label, bool) or not 0 <= label < self.info.num_classes:
             raise InvalidRequest(f"class labels must lie in [0, {self.info.num_classes}), not {label!r}", param)
         return int(label)
+
+    def _known_classes(self, label: str) -> str:
+        """All class names when they are few, else the closest few (1000 names make no error message)."""
+        names = self.info.class_names
+        if len(names) <= 20:
+            return "classes: " + ", ".join(names)
+        close = difflib.get_close_matches(label.strip().lower(), list(self._lower_names), n=5, cutoff=0.5)
+        hint = f"did you mean: {', '.join(names[self._lower_names[c]] for c in close)}? " if close else ""
+        return f"{hint}{len(names)} classes, listed by GET /v1/models; or give the class index"
 
     def sampling(self, **overrides) -> SamplingSettings:
         """The manifest's sampling defaults with the request's non-None overrides; ``SamplingSettings`` is the one

@@ -1,4 +1,4 @@
-"""Two pure-ASGI middlewares: the request context (request id, deadline, HEAD, the one error shape, metrics and
+"""Two pure-ASGI middlewares: the request context (request id, arrival, HEAD, the one error shape, metrics and
 one access-log line), outermost; and the body guard (the body read whole, under a byte limit and a read timeout,
 before any route parses it), inside CORS so that its 413 and 408 carry CORS headers."""
 
@@ -25,11 +25,11 @@ MAX_JSON_VALUES = 1 << 16
 
 
 class RequestContext:
-    """Wraps every HTTP request: X-Request-ID in and out, the deadline, HEAD as GET, the one error shape for the
-    framework's own refusals, metrics and the log line."""
+    """Wraps every HTTP request: X-Request-ID in and out, the arrival time (deadlines count from it), HEAD as GET,
+    the one error shape for the framework's own refusals, metrics and the log line."""
 
-    def __init__(self, app, *, timeout_s: float, metrics: Metrics, routes: set[str]):
-        self.app, self.timeout_s, self.metrics, self.routes = app, timeout_s, metrics, routes
+    def __init__(self, app, *, metrics: Metrics, routes: set[str]):
+        self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,7 +40,7 @@ class RequestContext:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["deadline"] = time.monotonic() + self.timeout_s
+        state["arrival"] = time.monotonic()  # each family's deadlines count from here (service/limits.py)
         # the label of a route must not come from the raw path (a fuzzer would make unbounded label values)
         path_label = scope["path"] if scope["path"] in self.routes else "other"
         in_flight = self.metrics.in_flight.labels(path_label)
@@ -127,11 +127,13 @@ class _Refused(Exception):
 
 class BodyGuard:
     """Reads a request's body whole before the app sees it: 413 past ``max_body_bytes`` (declared or streamed,
-    chunked included), 408 when a chunk takes longer than ``read_timeout_s`` or the body outlasts the deadline, a
-    client that leaves counted as a disconnect (499); a JSON body with too many values is 413 before any parse."""
+    chunked included), 408 when a chunk takes longer than ``read_timeout_s`` or the whole body more than
+    ``body_timeout_s`` from the request's arrival (before the route, and so its family's deadline, is known), a client
+    that leaves counted as a disconnect (499); a JSON body with too many values is 413 before any parse."""
 
-    def __init__(self, app, *, max_body_bytes: int, read_timeout_s: float):
+    def __init__(self, app, *, max_body_bytes: int, read_timeout_s: float, body_timeout_s: float):
         self.app, self.max_body_bytes, self.read_timeout_s = app, max_body_bytes, read_timeout_s
+        self.body_timeout_s = body_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "OPTIONS"):
@@ -144,7 +146,8 @@ class BodyGuard:
                 raise self._too_large()
             kind = headers.get("content-type", "").split(";")[0].strip().lower()
             is_json = kind == "application/json" or kind.endswith("+json")
-            body = await self._read(receive, state.get("deadline", time.monotonic() + 3600), is_json)
+            deadline = state.get("arrival", time.monotonic()) + self.body_timeout_s
+            body = await self._read(receive, deadline, is_json)
         except _Refused as e:
             state["error_type"] = e.type
             return await _send_json(send, e.status, error_for(scope["path"], e.status, e.type, e.message), close=True)

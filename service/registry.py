@@ -45,7 +45,7 @@ class Registry:
                 raise ConfigurationError(f"{path}: not a usable manifest: {e}") from e
             if settings.backend == "embedded":  # Triton holds its own copy of the model files
                 _check_files(repo, manifest)
-            info = ModelInfo.from_manifest(manifest)
+            info = ModelInfo.from_manifest(manifest, settings)
             models[info.family] = ServedModel(info, backend_factory(settings, repo, manifest), settings, metrics)
             log.info("loaded %s (version %d) from %s", info.family, info.version, repo)
         return cls(models)

@@ -44,6 +44,17 @@ class SamplingDefaults(BaseModel):
     softmax_annealing: bool = Field(description="Temperature annealed over the steps (the released models' sampler).")
 
 
+class ServingLimitsCard(BaseModel):
+    """The limits a family is served with: the manifest's, where no TITOK_* variable overrides them."""
+
+    max_batch_size: int = Field(description="Rows per model call.")
+    max_queue: int = Field(description="Rows (or generations) waiting per graph before 429.")
+    max_n: int = Field(description="Images per generate or variations request.")
+    max_images: int = Field(description="Images or token sequences per tokenize / detokenize request.")
+    max_image_pixels: int = Field(description="Pixels per uploaded image (413 beyond it).")
+    deadlines_s: dict[str, float] = Field(description="Seconds from arrival before 504, per route.")
+
+
 class ModelCard(BaseModel):
     """A served model family and its facts, from its manifest."""
 
@@ -57,6 +68,7 @@ class ModelCard(BaseModel):
     classes: list[ClassInfo]
     sampling: SamplingDefaults
     max_batch_size: int = Field(description="Largest batch the model files accept.")
+    limits: ServingLimitsCard
 
 
 class ModelList(BaseModel):

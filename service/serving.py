@@ -39,6 +39,7 @@ from .schemas import (
     ModelCard,
     ModelList,
     SamplingDefaults,
+    ServingLimitsCard,
     TokenizeResponse,
     Variation,
     VariationsRequest,
@@ -53,14 +54,14 @@ _INLINE_DECODE_PIXELS = 64 * 64
 
 @dataclass(frozen=True)
 class Call:
-    """What the serving layer needs of the HTTP request it serves: its id, and how to await engine work under its
-    deadline and connection (``guard`` raises 504 past the deadline, 499 when the client leaves)."""
+    """What the serving layer needs of the HTTP request it serves: its id, and how to await engine work under a
+    deadline counted from the request's arrival (``guard`` raises 504 past it, 499 when the client leaves)."""
 
     request_id: str
-    guard: Callable[[Awaitable[Any]], Awaitable[Any]]
+    guard: Callable[[Awaitable[Any], float], Awaitable[Any]]
 
-    async def run(self, work: Awaitable[T]) -> T:
-        return await self.guard(work)
+    async def run(self, work: Awaitable[T], deadline_s: float) -> T:
+        return await self.guard(work, deadline_s)
 
 
 @dataclass(frozen=True)
@@ -98,23 +99,24 @@ class Serving:
     async def tokenize(self, name: str | None, blobs: list[bytes], call: Call) -> TokenizeResponse:
         """Encoded images (PNG, JPEG or WebP bytes) -> their token ids."""
         model = self.registry.get(name)
-        if len(blobs) > self.settings.max_images:
-            raise PayloadTooLarge(f"at most {self.settings.max_images} images per request", "images")
+        limits = model.info.limits
+        if len(blobs) > limits.max_images:
+            raise PayloadTooLarge(f"at most {limits.max_images} images per request", "images")
+        deadline_s = limits.deadline_s("tokenize")
         with model.encoder.reserve(len(blobs)) as seats:  # 429 before any image is decoded
-            images = await call.run(self._decode(blobs, model.info.image_size))
-            tokens = await call.run(model.tokenize(images, call.request_id, seats))
+            images = await call.run(self._decode(blobs, model.info.image_size, limits.max_image_pixels), deadline_s)
+            tokens = await call.run(model.tokenize(images, call.request_id, seats), deadline_s)
         self.metrics.tokens_produced.labels(model.info.family, "tokenize").inc(tokens.size)
         info = model.info
         return TokenizeResponse(
             model=info.family, tokens=tokens.tolist(), num_tokens=info.num_tokens, codebook_size=info.codebook_size
         )
 
-    async def _decode(self, blobs: list[bytes], size: int, names: list[str] | None = None) -> np.ndarray:
+    async def _decode(self, blobs: list[bytes], size: int, limit: int, names: list[str] | None = None) -> np.ndarray:
         """uint8 (B, size, size, 3). The cost is decided before any pixel is decoded: every header is read and
-        checked against the per-image and per-request pixel limits (413). Then the images are decoded and
-        preprocessed one at a time in a worker thread, each released before the next, so a request holds at most
-        one decoded image; run under ``call.run``, a deadline or a disconnect stops it between images."""
-        limit = self.settings.max_image_pixels
+        checked against the per-image (``limit``) and per-request pixel limits (413). Then the images are decoded
+        and preprocessed one at a time in a worker thread, each released before the next, so a request holds at
+        most one decoded image; run under ``call.run``, a deadline or a disconnect stops it between images."""
         names = names or [f"images[{i}]" for i in range(len(blobs))]
         costs = [imaging.decoded_pixels(data, limit, names[i]) for i, data in enumerate(blobs)]  # headers only
         if sum(costs) > self.settings.max_request_pixels:
@@ -136,12 +138,14 @@ class Serving:
     ) -> DetokenizeResponse | RawImage:
         """Token ids -> images; one sequence asked for as an image format (``accepted``) comes back raw."""
         model = self.registry.get(body.model)
-        if len(body.tokens) > self.settings.max_images:
-            raise PayloadTooLarge(f"at most {self.settings.max_images} token sequences per request", "tokens")
+        limits = model.info.limits
+        if len(body.tokens) > limits.max_images:
+            raise PayloadTooLarge(f"at most {limits.max_images} token sequences per request", "tokens")
         tokens = model.check_tokens(body.tokens)
         raw = accepted if len(body.tokens) == 1 else None
         fmt = raw or body.format
-        files = await _encode(await call.run(model.detokenize(tokens, call.request_id)), fmt)
+        work = model.detokenize(tokens, call.request_id)
+        files = await _encode(await call.run(work, limits.deadline_s("detokenize")), fmt)
         if raw:
             return RawImage(files[0], imaging.MEDIA_TYPES[fmt])
         return DetokenizeResponse(
@@ -166,7 +170,8 @@ class Serving:
         self, model: ServedModel, labels: list[int], body: GenerateRequest, call: Call
     ) -> GenerateResponse:
         class_ids, seeds, sampling = self._plan(model, labels, body)
-        tokens, images = await call.run(model.generate(class_ids, seeds, sampling, call.request_id))
+        work = model.generate(class_ids, seeds, sampling, call.request_id)
+        tokens, images = await call.run(work, model.info.limits.deadline_s("generate"))
         files = await _encode(images, body.format)
         self._count(model, "generate", tokens)
         return GenerateResponse(
@@ -191,8 +196,9 @@ class Serving:
         """Per image (label-major, ``n`` per label): its class and seed (seed + i), and the sampling settings; the
         request's size and steps are checked against the limits before any work."""
         total = len(labels) * body.n
-        if total > self.settings.max_n:
-            raise InvalidRequest(f"at most {self.settings.max_n} images per request (class labels x n)", "n")
+        max_n = model.info.limits.max_n
+        if total > max_n:
+            raise InvalidRequest(f"at most {max_n} images per request (class labels x n)", "n")
         if body.num_steps is not None and body.num_steps > self.settings.max_steps:
             raise InvalidRequest(f"at most {self.settings.max_steps} steps", "num_steps")
         sampling = model.sampling(
@@ -237,13 +243,16 @@ class Serving:
         elif body.strength is not None:
             hidden = [strength_mask(body.strength, s, info.num_tokens) for s in seeds]
         if image is not None:
+            deadline_s = info.limits.deadline_s("variations")
             with model.encoder.reserve(1) as seats:
-                pixels = await call.run(self._decode([image], info.image_size, ["image"]))
-                source = (await call.run(model.tokenize(pixels, call.request_id, seats)))[0]
+                pixels = await call.run(
+                    self._decode([image], info.image_size, info.limits.max_image_pixels, ["image"]), deadline_s
+                )
+                source = (await call.run(model.tokenize(pixels, call.request_id, seats), deadline_s))[0]
         elif body.tokens is not None:
             source = model.check_tokens([body.tokens], "tokens")[0]
         work = model.vary(source, hidden, class_ids, seeds, sampling, call.request_id)
-        tokens, images = await call.run(work)
+        tokens, images = await call.run(work, info.limits.deadline_s("variations"))
         files = await _encode(images, body.format)
         self._count(model, "variations", tokens)
         return VariationsResponse(
@@ -298,6 +307,7 @@ def _card(name: str, model: ServedModel) -> ModelCard:
         classes=[ClassInfo(id=i, name=n) for i, n in enumerate(info.class_names)],
         sampling=SamplingDefaults(**asdict(info.sampling)),
         max_batch_size=info.max_batch_size,
+        limits=ServingLimitsCard(**asdict(info.limits)),
     )
 
 

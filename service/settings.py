@@ -21,10 +21,12 @@ class Settings(BaseSettings):
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address (backend=triton)")
     triton_probe_timeout_s: float = Field(1.0, gt=0, description="Triton readiness probe timeout (backend=triton)")
 
+    # max_batch_size, max_queue, request_timeout_s, max_image_pixels, max_images, max_n: defaults; a family's manifest
+    # may set its own, and a variable set explicitly wins over both (service/limits.py)
     max_batch_size: int = Field(32, ge=1, description="rows per model call (capped by the manifest's)")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill before it runs")
     max_queue: int = Field(256, ge=1, description="rows (or generations) waiting per model graph before 429")
-    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline (504 beyond it)")
+    request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline from arrival (504 beyond it)")
     inference_threads: int = Field(1, ge=1, description="worker threads running model calls")
     ort_intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per call (0: all cores)")
     ort_provider: Literal["auto", "cpu", "cuda", "tensorrt"] = Field(

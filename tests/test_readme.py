@@ -30,6 +30,10 @@ SKIPPED = {
     ".bin files, which are not in the repository; tests/test_models.py runs these calls",
     "python -m training classifier": "hours of training on the CPU (tests/test_training.py runs every recipe on tiny "
     "configs)",
+    "python -m export build --released titok-l-32": "needs the released .bin files (a hub download; no network "
+    "here): tests/test_released.py runs this command on released-layout files written from random weights and "
+    "serves the family it builds over HTTP next to titok-fmnist",
+    "python -m bench.released --model": "a benchmark of a quarter of an hour at full size (python -m bench runs it)",
     "docker compose up -d": "needs Docker, and NVIDIA GPUs for the GPU variant (tests/test_deploy.py validates every "
     "compose file with the real Compose binary)",
 }

@@ -109,11 +109,26 @@ def cmd_models(client: Client, args) -> None:
             f"{card['id']} (version {card['version']}): {card['image_size']}x{card['image_size']} images, "
             f"{card['num_tokens']} tokens over {card['codebook_size']} codes"
         )
-        print("  classes: " + ", ".join(f"{c['id']} {c['name']}" for c in card["classes"]))
+        print(_classes_line(card["classes"], args.search))
         print(
             f"  sampling: {s['num_steps']} steps, guidance {s['guidance_scale']} ({s['guidance_schedule']}), "
-            f"temperature {s['temperature']}"
+            f"temperature {s['temperature']}" + (", softmax annealing" if s.get("softmax_annealing") else "")
         )
+        if "limits" in card:
+            deadlines = ", ".join(f"{route} {s:g} s" for route, s in card["limits"]["deadlines_s"].items())
+            print(f"  limits: batch {card['limits']['max_batch_size']}, deadlines {deadlines}")
+
+
+def _classes_line(classes: list[dict], search: str | None) -> str:
+    """All classes when they are few; those whose name (or index) matches ``search``; else a count and a hint."""
+    named = [f"{c['id']} {c['name']}" for c in classes]
+    if search:
+        query = search.strip().lower()
+        found = [n for c, n in zip(classes, named, strict=True) if query in c["name"].lower() or query == str(c["id"])]
+        return f"  classes matching {search!r}: " + (", ".join(found) or "none")
+    if len(classes) > 20:
+        return f"  classes: {len(classes)} ({', '.join(named[:3])}, ...; find one with --search NAME)"
+    return "  classes: " + ", ".join(named)
 
 
 def cmd_tokenize(client: Client, args) -> None:
@@ -329,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", parents=[common], help="list the served models")
     models.add_argument("--json", action="store_true", help="the raw JSON of GET /v1/models")
+    models.add_argument("--search", metavar="TEXT", help="only the classes whose name contains TEXT (or index is it)")
     models.set_defaults(run=cmd_models)
 
     per_request = dict(type=positive, default=MAX_PER_REQUEST, help="most images per request (%(default)s)")

@@ -78,6 +78,45 @@ class GraphEntry:
         return cls(str(data["model_name"]), str(data["path"]), str(data["sha256"]), Signature.from_dict(data))
 
 
+ROUTES = ("tokenize", "detokenize", "generate")  # the routes with a deadline of their own (variations: generate's)
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """What a family asks of the gateway, sized by the exporter for the model's cost (a 256x256, 4096-code model
+    is not served with the limits of a 32x32 one). ``None`` leaves the gateway's default; an explicitly set
+    ``TITOK_*`` variable overrides both (``service/limits.py``)."""
+
+    max_batch_size: int | None = None  # rows per model call (at most the graphs' max_batch_size)
+    max_queue: int | None = None  # rows (or generations) waiting per graph before 429
+    max_n: int | None = None  # images per generate or variations request
+    max_images: int | None = None  # images or token sequences per tokenize / detokenize request
+    max_image_pixels: int | None = None  # pixels per uploaded image, checked from its header
+    deadlines_s: dict[str, float] = field(default_factory=dict)  # per route in ROUTES, from the request's arrival
+
+    def __post_init__(self):
+        for name in ("max_batch_size", "max_queue", "max_n", "max_images", "max_image_pixels"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"serving.{name} must be an integer >= 1 or null, not {value!r}")
+        for route, seconds in self.deadlines_s.items():
+            if route not in ROUTES:
+                raise ValueError(f"serving.deadlines_s names {route!r}, not one of {', '.join(ROUTES)}")
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+                raise ValueError(f"serving.deadlines_s.{route} must be a number > 0, not {seconds!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ServingLimits:
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"serving has unknown fields: {', '.join(unknown)}")
+        return cls(**{**data, "deadlines_s": dict(data.get("deadlines_s") or {})})
+
+
 @dataclass(frozen=True)
 class Manifest:
     """A family as exported: sizes, classes, the graphs, sampling defaults, and the record of its making."""
@@ -95,6 +134,7 @@ class Manifest:
     sources: dict = field(default_factory=dict)  # what the graphs were exported from (names, checksums, configs)
     export: dict = field(default_factory=dict)  # when and with which tools
     verification: dict | None = None  # the exporter's parity report against PyTorch
+    serving: ServingLimits = field(default_factory=ServingLimits)  # limits sized for this family
 
     def __post_init__(self):
         if set(self.graphs) != set(GRAPHS):
@@ -130,6 +170,7 @@ class Manifest:
             "max_batch_size": self.max_batch_size,
             "graphs": {g: self.graphs[g].to_dict() for g in GRAPHS},
             "sampling": asdict(self.sampling),
+            "serving": self.serving.to_dict(),
             "sources": self.sources,
             "export": self.export,
             "verification": self.verification,
@@ -159,6 +200,7 @@ class Manifest:
                 sources=data.get("sources") or {},
                 export=data.get("export") or {},
                 verification=data.get("verification"),
+                serving=ServingLimits.from_dict(data.get("serving") or {}),  # older manifests have none
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"missing or malformed field: {e}") from None

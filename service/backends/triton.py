@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from titok_core.manifest import Manifest
 
 from ..errors import BackendUnavailable, DeadlineExceeded, Overloaded, ServiceError
+from ..limits import FamilyLimits
 from .base import Backend
 
 log = logging.getLogger("titok.triton")
@@ -44,7 +45,8 @@ class TritonBackend(Backend):
 
     def __init__(self, manifest: Manifest, settings):
         self.url = settings.triton_url
-        self._timeout_s = settings.request_timeout_s
+        # the longest of the family's deadlines (a 256x256 model's generate may take minutes on a CPU)
+        self._timeout_s = max(FamilyLimits.of(manifest, settings).deadlines_s.values())
         self._probe_timeout_s = settings.triton_probe_timeout_s
         self._graphs = {
             graph: (entry.model_name, [t.name for t in entry.signature.inputs], entry.signature.outputs[0].name)

@@ -101,10 +101,21 @@ async function loadModels() {
   return `${models.length} model(s) loaded`;
 }
 
+// the class list filtered by the search box (by name or index): 1000 ImageNet names do not fit a plain list
+function showClasses() {
+  const query = $("class-search").value.trim().toLowerCase();
+  const label = (c) => `${c.id} ${c.name}`;
+  const found = model.classes.filter((c) => !query || label(c).toLowerCase().includes(query));
+  $("class").replaceChildren(...found.map((c) => new Option(label(c), c.id)));
+  const total = model.classes.length;
+  $("class-count").textContent = query ? `${found.length} of ${total} classes` : `${total} classes`;
+}
+
 function selectModel(id) {
   model = models.find((m) => m.id === id) || null;
   if (!model) return;
-  $("class").replaceChildren(...model.classes.map((c) => new Option(`${c.id} ${c.name}`, c.id)));
+  $("class-search").value = "";
+  showClasses();
   const classes = model.classes.map((c) => new Option(`${c.id} ${c.name}`, c.id));
   $("vary-class").replaceChildren(new Option("unconditional", ""), ...classes);
   showStrength();
@@ -370,6 +381,7 @@ function wire() {
     run("Generating", generate);
   });
   $("strength").addEventListener("input", showStrength);
+  $("class-search").addEventListener("input", () => model && showClasses());
   $("vary-form").addEventListener("submit", (e) => {
     e.preventDefault();
     run("Making variations", vary);
