@@ -221,6 +221,11 @@ def test_config_errors_are_clear(tmp_path):
         load_config(None, ["stepz=3"])
     with pytest.raises(ValueError, match="unknown recipe"):
         load_config(None, ["recipe=nope"])
+    assert load_config(None, ["lr=1e-4"]).lr == 1e-4  # YAML reads 1e-4 as a string: taken as the float it spells
+    with pytest.raises(ValueError, match="lr must be a number"):
+        load_config(None, ["lr=fast"])
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        load_config(None, ["steps=1.5"])
     with pytest.raises(ValueError, match="model_overrides do not apply"):
         run(tmp_path, "t", "recipe=tokenizer", "init=checkpoints/titok-fmnist/tokenizer", "model_overrides={depth: 1}")
     with pytest.raises(ValueError, match="needs tokenizer"):

@@ -16,7 +16,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -80,12 +80,31 @@ def load_config(path: str | None, overrides: list[str]) -> TrainConfig:
         key, value = item.split("=", 1)
         data[key] = yaml.safe_load(value)
     strict_fields(TrainConfig, data, "training settings")
+    _check_numbers(data)
     if "betas" in data:
         data["betas"] = tuple(data["betas"])
     cfg = TrainConfig(**data)
     if cfg.recipe not in RECIPES:
         raise ValueError(f"unknown recipe {cfg.recipe!r}; one of {sorted(RECIPES)}")
     return cfg
+
+
+def _check_numbers(data: dict) -> None:
+    """Numeric settings as numbers: YAML reads ``1e-4`` (no dot) as a string, which would fail deep inside the
+    optimizer; it is taken as the float it spells, anything else that is not a number fails here, naming the key."""
+    kinds = {f.name: f.type for f in fields(TrainConfig)}
+    for key, value in data.items():
+        kind = kinds[key]
+        if kind in (float, "float"):
+            if isinstance(value, str):
+                try:
+                    value = data[key] = float(value)
+                except ValueError:
+                    raise ValueError(f"training setting {key} must be a number, not {value!r}") from None
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"training setting {key} must be a number, not {value!r}")
+        elif kind in (int, "int") and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"training setting {key} must be an integer, not {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------------
