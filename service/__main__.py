@@ -48,7 +48,7 @@ def main() -> int:
         logging.getLogger("titok").warning(
             "%d open files allowed for %d connections: lower TITOK_MAX_CONNECTIONS", files, settings.max_connections
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -59,7 +59,9 @@ def main() -> int:
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
         h11_max_incomplete_event_size=2 * settings.max_header_bytes,  # a backstop behind the protocol's own 431
     )
-    return 0
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1  # a taken port (logged by uvicorn) or a failed start is a failure
 
 
 if __name__ == "__main__":

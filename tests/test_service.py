@@ -426,6 +426,19 @@ def test_bad_settings_are_a_clear_startup_error(model_repository, settings, mess
     assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_taken_port_is_a_failed_start(model_repository):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"TITOK_MODEL_REPOSITORY": str(model_repository), "TITOK_PORT": str(port), "PATH": "/usr/bin:/bin"}
+        cmd = [sys.executable, "-m", "service"]
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "address already in use" in r.stderr, (r.returncode, r.stderr[-500:])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Fuzzing the OpenAPI schema
 # ---------------------------------------------------------------------------------------------------
