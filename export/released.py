@@ -16,6 +16,23 @@ CLASS_NAMES_FILE = Path(__file__).resolve().parent / "data" / "imagenet_classes.
 HUB_REPO = "fun-research/TiTok"  # where the official demo downloads the released files from
 
 
+# A CPU decodes TiTok-L-32 at ~0.3 images/s: a batch of 8 takes ~30 s, a full queue minutes. Deadlines leave room
+# for one full batch behind another; generate adds the sampling steps before the decoder (docs/benchmarks.md).
+MAX_BATCH_SIZE = 8
+LIMITS = ServingLimits(
+    max_batch_size=MAX_BATCH_SIZE,
+    max_queue=32,
+    max_n=16,
+    max_images=16,
+    max_image_pixels=4096 * 4096,
+    deadlines_s={"tokenize": 120.0, "detokenize": 300.0, "generate": 330.0},
+)
+
+# S-128 samples in 64 steps of a 1024-wide U-ViT: ~95 s an image on this CPU (docs/benchmarks.md), so 16 images
+# could never finish in time; two images and a longer generate deadline keep every accepted request feasible
+SLOW_GENERATION_LIMITS = replace(LIMITS, max_n=2, deadlines_s={**LIMITS.deadlines_s, "generate": 600.0})
+
+
 @dataclass(frozen=True)
 class Release:
     """One released model: its files and the settings behind its published numbers."""
@@ -23,6 +40,7 @@ class Release:
     tokenizer_file: str
     generator_file: str
     sampling: SamplingSettings
+    limits: ServingLimits = LIMITS
 
 
 RELEASES = {
@@ -40,20 +58,9 @@ RELEASES = {
         "tokenizer_titok_s128.bin",
         "generator_titok_s128.bin",
         SamplingSettings(64, 6.9, "power-cosine", 2.8, softmax_annealing=True),
+        SLOW_GENERATION_LIMITS,
     ),
 }
-
-# A CPU decodes TiTok-L-32 at ~0.3 images/s: a batch of 8 takes ~30 s, a full queue minutes. Deadlines leave room
-# for one full batch behind another; generate adds the sampling steps before the decoder (docs/benchmarks.md).
-MAX_BATCH_SIZE = 8
-LIMITS = ServingLimits(
-    max_batch_size=MAX_BATCH_SIZE,
-    max_queue=32,
-    max_n=16,
-    max_images=16,
-    max_image_pixels=4096 * 4096,
-    deadlines_s={"tokenize": 120.0, "detokenize": 300.0, "generate": 330.0},
-)
 
 
 def imagenet_class_names() -> list[str]:
@@ -119,7 +126,7 @@ def build_released(
     tok_file, gen_file = released_files(model, weights, fetch)
     tokenizer = import_released(tok_file, tokenizer_preset)
     generator = import_released(gen_file, generator_preset)
-    deadline_us = int(max(LIMITS.deadlines_s.values()) * 1e6)
+    deadline_us = int(max(release.limits.deadlines_s.values()) * 1e6)
     settings = settings or TritonSettings(
         max_batch_size=MAX_BATCH_SIZE, preferred_batch_sizes=(MAX_BATCH_SIZE,), queue_timeout_us=deadline_us
     )
@@ -139,5 +146,5 @@ def build_released(
         verify=verify,
         batch_sizes=batch_sizes,
         sampling=release.sampling,
-        limits=LIMITS,
+        limits=release.limits,
     )

@@ -223,6 +223,19 @@ def test_ports_agree(stack):
     assert "127.0.0.1:8000/v2/health/ready" in " ".join(stack["services"]["triton"]["healthcheck"]["test"])
 
 
+def test_the_load_balancer_waits_longer_than_any_family_deadline():
+    """nginx must not cut a request the gateway is still allowed to finish (a 504 in nginx's HTML, not ours)."""
+    from export.released import RELEASES
+    from service.settings import Settings
+
+    nginx = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    waits = re.findall(r"proxy_read_timeout (\d+)s;", nginx)
+    assert len(waits) == 1, waits
+    deadlines = [d for release in RELEASES.values() for d in release.limits.deadlines_s.values()]
+    longest = max([Settings().request_timeout_s, *deadlines])
+    assert int(waits[0]) > longest
+
+
 def test_the_image_is_slim_non_root_and_without_torch():
     steps = dockerfile()
     stages = [args for keyword, args in steps if keyword == "FROM"]
