@@ -67,7 +67,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _build_released(args) -> int:
     from .released import build_released
-    from .verify import report_markdown
 
     if not args.weights:
         print("--released needs --weights DIR (the folder with the released .bin files)", file=sys.stderr)
@@ -82,12 +81,19 @@ def _build_released(args) -> int:
     result = build_released(
         args.released, args.weights, args.out, args.family, args.fetch, verify=not args.skip_verify, **presets
     )
+    return _reported(result, args.out, args.family or args.released)
+
+
+def _reported(result, out: str, family: str) -> int:
+    """The verification report of a build, then what was written (or that nothing was): the exit status."""
+    from .verify import report_markdown
+
     if result.report is not None:
         print(report_markdown(result.report))
     if not result.ok:
-        print(f"verification failed: nothing written to {args.out}", file=sys.stderr)
+        print(f"verification failed: nothing written to {out}", file=sys.stderr)
         return 1
-    print(f"wrote {args.family or args.released}_{{encoder,decoder,generator}} and {result.manifest}")
+    print(f"wrote {family}_{{encoder,decoder,generator}} and {result.manifest}")
     return 0
 
 
@@ -100,7 +106,6 @@ def _build(args) -> int:
     from .build import build_family
     from .sources import load_source
     from .triton_repo import TritonSettings
-    from .verify import report_markdown
 
     tokenizer, tok_source = load_source(args.tokenizer)
     generator, gen_source = load_source(args.generator)
@@ -125,13 +130,7 @@ def _build(args) -> int:
         batch_sizes=args.batch_sizes,
         decoder_batch_sizes=args.decoder_batch_sizes,
     )
-    if result.report is not None:
-        print(report_markdown(result.report))
-    if not result.ok:
-        print(f"verification failed: nothing written to {args.out}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.family}_{{encoder,decoder,generator}} and {result.manifest}")
-    return 0
+    return _reported(result, args.out, args.family)
 
 
 def _verify(args) -> int:
