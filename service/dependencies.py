@@ -172,13 +172,13 @@ def json_schema(model: type) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_uploads(request: Request, settings: SettingsDep) -> tuple[str | None, list[bytes]]:
+async def read_uploads(request: Request, serving: ServingDep) -> tuple[str | None, list[bytes]]:
     """The model named and the image files sent, as JSON (base64 list) or as a multipart upload of `files`."""
     kind = media_type(request)
     if kind == "application/json":
         body = await parse_json(TokenizeRequest, await request.body())
-        if len(body.images) > settings.max_images:  # before any base64 is decoded
-            raise PayloadTooLarge(f"at most {settings.max_images} images per request", "images")
+        if len(body.images) > serving.max_images:  # before any base64 is decoded (the family's own limit follows)
+            raise PayloadTooLarge(f"at most {serving.max_images} images per request", "images")
 
         def decode() -> list[bytes]:
             return [imaging.decode_base64(text, f"images[{i}]") for i, text in enumerate(body.images)]
@@ -186,7 +186,7 @@ async def read_uploads(request: Request, settings: SettingsDep) -> tuple[str | N
         return body.model, await anyio.to_thread.run_sync(decode)
     if kind != "multipart/form-data":
         raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {short(kind) or 'nothing'}")
-    async with _form(request, max_files=settings.max_images + 1, max_fields=8) as form:
+    async with _form(request, max_files=serving.max_images + 1, max_fields=8) as form:
         name = form.get("model")
         if name is not None and not isinstance(name, str):
             raise InvalidRequest("model must be a text field", "model")

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-import anyio
 import anyio.to_thread
 import numpy as np
 
@@ -77,6 +76,9 @@ class Serving:
 
     def __init__(self, settings: Settings, registry: Registry, metrics: Metrics):
         self.settings, self.registry, self.metrics = settings, registry, metrics
+        # the most images any family takes in one request: the bound checked while a body is read, before its
+        # family's own limit is known (a manifest may allow more than TITOK_MAX_IMAGES' default)
+        self.max_images = max(model.info.limits.max_images for model in registry.models.values())
         # one large image decodes at a time, across requests: it may take its full pixel limit (and a converted
         # copy) in memory, and the peak of the process must stay bounded whatever the number of clients; always
         # the same thread, so that its freed memory is reused (another thread would grow another malloc arena)
