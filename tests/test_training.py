@@ -238,3 +238,15 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(9, cfg) == pytest.approx(1.0)
     assert lr_factor(100, cfg) == pytest.approx(0.1)
     assert lr_factor(10, cfg) > lr_factor(50, cfg) > lr_factor(99, cfg)
+
+
+def test_generator_fine_tunes_from_its_checkpoint(tmp_path, runs):
+    """``init`` starts a generator run from a trained generator's weights (a tokenizer fine-tuned end to end keeps
+    many token ids, so its generator need not start from scratch); a tokenizer checkpoint there is refused."""
+    start = runs / "generator" / "checkpoint"
+    extra = ["recipe=generator", f"tokenizer={runs / 'tokenizer/checkpoint'}", "steps=2", "lr=0"]
+    run(tmp_path, "ft", *extra, f"init={start}", "ema_decay=0")
+    a, b = load_checkpoint(start).state_dict(), load_checkpoint(tmp_path / "ft/checkpoint").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # lr 0: the fine-tune kept the init weights exactly
+    with pytest.raises(Exception, match="not a generator"):
+        run(tmp_path, "wrong", *extra, f"init={runs / 'tokenizer/checkpoint'}")

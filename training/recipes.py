@@ -258,9 +258,12 @@ def proxy_stage2_recipe(inputs: RunInputs) -> Run:
 
 
 def generator_recipe(inputs: RunInputs) -> Run:
-    """MaskGIT on cached token sequences: arccos masking, class dropout, label smoothing."""
+    """MaskGIT on cached token sequences: arccos masking, class dropout, label smoothing. With ``init`` it
+    fine-tunes a generator checkpoint (e.g. after the tokenizer was fine-tuned and many tokens kept their ids)."""
     cfg, device, rng = inputs.cfg, inputs.device, inputs.rng
-    model = build_model(model_config(cfg))
+    if cfg.init and cfg.model_overrides:
+        raise ValueError("model_overrides do not apply to an init checkpoint (its config is kept)")
+    model = load_checkpoint(cfg.init, kind="generator") if cfg.init else build_model(model_config(cfg))
     if not cfg.tokenizer:
         raise ValueError("recipe 'generator' needs tokenizer: the tokenizer checkpoint folder")
     tokenizer = load_checkpoint(cfg.tokenizer).to(device)

@@ -60,7 +60,7 @@ class TrainConfig:
     adversarial_start: int = 0
     disc_lr: float = 1e-4
     teacher: str | None = None  # proxy-stage1: the VQGAN checkpoint
-    init: str | None = None  # proxy-stage2: the stage-1 checkpoint; tokenizer: a checkpoint to fine-tune
+    init: str | None = None  # proxy-stage2: the stage-1 checkpoint; tokenizer, generator: a checkpoint to fine-tune
     freeze_encoder: bool = False  # tokenizer: train the decoder only (the tokens, and a generator on them, stay valid)
     tokenizer: str | None = None  # generator: the tokenizer checkpoint
     class_dropout: float = 0.1
