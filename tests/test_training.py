@@ -46,6 +46,7 @@ def runs(tmp_path_factory):
         "steps=4",
         "codebook_restart_every=2",
         "perceptual_weight=0.1",
+        "class_weight=0.1",
         f"perceptual_net={tmp / 'classifier'}",
     )
     run(
@@ -137,7 +138,9 @@ def test_decoder_fine_tuning_resumes_exactly(tmp_path, runs):
 
 def test_pixel_losses_are_logged(runs):
     with (runs / "tokenizer" / "metrics.csv").open() as f:
-        assert {"l2", "perceptual", "quantizer"} <= set(next(csv.DictReader(f)))
+        row = next(csv.DictReader(f))
+        assert {"l2", "perceptual", "class_kl", "quantizer"} <= set(row)
+        assert float(row["class_kl"]) >= 0  # a KL divergence
     with (runs / "vqgan" / "metrics.csv").open() as f:
         assert {"gan_g", "gan_d"} <= set(next(csv.DictReader(f)))
 

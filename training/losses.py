@@ -31,6 +31,25 @@ class PerceptualLoss(nn.Module):
         return loss
 
 
+class ClassKeptLoss(nn.Module):
+    """KL(classifier(x) || classifier(recon)): the reconstruction should leave a frozen classifier of the data set
+    as sure of each class as the original does (print, shape and texture that tell shirts from coats)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = F.log_softmax(self.net(x), dim=-1)
+        return F.kl_div(F.log_softmax(self.net(recon), dim=-1), target, log_target=True, reduction="batchmean")
+
+
 class PatchDiscriminator(nn.Module):
     """A small PatchGAN: strided convs with GroupNorm and LeakyReLU, one logit per patch."""
 

@@ -24,6 +24,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .inference import map_batches
 from .losses import (
+    ClassKeptLoss,
     PatchDiscriminator,
     PerceptualLoss,
     arccos_mask,
@@ -63,7 +64,8 @@ class Codebook:
 
 
 class PixelLosses:
-    """Reconstruction in pixel space: L2, + perceptual (a classifier's features), + hinge GAN after a start step."""
+    """Reconstruction in pixel space: L2, + perceptual (a classifier's features), + class kept (the classifier's
+    predictions), + hinge GAN after a start step."""
 
     def __init__(self, inputs: RunInputs):
         cfg = inputs.cfg
@@ -71,11 +73,15 @@ class PixelLosses:
         self.perceptual: PerceptualLoss | None = None
         self.disc: nn.Module | None = None
         self._fake: torch.Tensor | None = None
-        if cfg.perceptual_weight > 0:
+        self.class_kept: ClassKeptLoss | None = None
+        if cfg.perceptual_weight > 0 or cfg.class_weight > 0:
             if not cfg.perceptual_net:
-                raise ValueError("perceptual_weight > 0 needs perceptual_net: a classifier checkpoint folder")
-            classifier = load_checkpoint(cfg.perceptual_net, kind="fmnist-classifier")
-            self.perceptual = PerceptualLoss(classifier).to(inputs.device)
+                raise ValueError("perceptual_weight or class_weight > 0 needs perceptual_net: a classifier folder")
+            classifier = load_checkpoint(cfg.perceptual_net, kind="fmnist-classifier").to(inputs.device)
+            if cfg.perceptual_weight > 0:
+                self.perceptual = PerceptualLoss(classifier)
+            if cfg.class_weight > 0:
+                self.class_kept = ClassKeptLoss(classifier)
         if cfg.adversarial_weight > 0:
             self.disc = PatchDiscriminator().to(inputs.device)
 
@@ -87,6 +93,10 @@ class PixelLosses:
             p = self.perceptual(recon, x)
             total = total + self.cfg.perceptual_weight * p
             logs["perceptual"] = p.item()
+        if self.class_kept is not None:
+            c = self.class_kept(recon, x)
+            total = total + self.cfg.class_weight * c
+            logs["class_kl"] = c.item()
         if self.disc is not None and step >= self.cfg.adversarial_start:
             g = hinge_g_loss(self.disc(recon))
             total = total + self.cfg.adversarial_weight * g

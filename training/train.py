@@ -56,6 +56,7 @@ class TrainConfig:
     codebook_restart_every: int = 200  # 0 turns it off
     perceptual_weight: float = 0.0
     perceptual_net: str | None = None  # a classifier checkpoint folder (python -m training classifier)
+    class_weight: float = 0.0  # KL of perceptual_net's class probabilities, reconstruction against original
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     disc_lr: float = 1e-4
