@@ -1,0 +1,258 @@
+"""Per route, the shipped graphs alone vs the engine in-process vs the gateway over HTTP, at concurrency 1 and 32,
+in one run; and where a generated image's time goes (graphs, sampling, scheduling, image encoding, HTTP).
+
+    python -m bench.routes --repo model_repository
+
+- graphs alone: the family's ONNX graphs called back to back on one thread, with the gateway's own session
+  options, nothing else: tokenize is one encoder call of B images, detokenize one decoder call of B sequences,
+  generate one generator call per step (B conditional rows, plus B null-class rows while guidance needs them) and
+  one decoder call of B; B = the concurrency (1 or 32).
+- engine: the gateway's engine (micro-batchers, generation scheduler, worker thread) called in-process by C
+  closed-loop clients, on already decoded images and checked token ids, answers not encoded.
+- HTTP: a `python -m service` subprocess driven by C closed-loop keep-alive clients (bench/load.py).
+
+The shares of a generated image's time come from the same run: time inside the graphs (counted by the backend
+around each session.run), in the sampler functions the scheduler calls (whatever it calls from
+titok_core.sampler), the rest of the engine (scheduling, batching, thread hops: the engine's time less those two),
+the image encoding (PNG, timed alone on the same images) and HTTP with JSON and base64 (the HTTP time less the
+engine's and the encoding's).
+"""
+
+import argparse
+import asyncio
+import base64
+import functools
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+import numpy as np
+
+import service.scheduler
+from bench.load import _Gateway, _point, png_bytes
+from bench.machine import median_seconds
+from service.images import encode_image, load_image
+from service.metrics import Metrics
+from service.registry import Registry
+from service.settings import Settings
+from titok_core.sampler import Generation
+
+ROUTES = ("tokenize", "detokenize", "generate")
+
+
+def _rate(fn, items: int, duration: float) -> float:
+    """Items/s of ``fn`` (which makes ``items``) called back to back for ``duration`` s after one warm-up call."""
+    fn()
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < duration:
+        fn()
+        count += items
+    return count / elapsed
+
+
+def graphs_alone(model, batch: int, duration: float) -> dict[str, float]:
+    """Images/s of each route's graphs alone at ``batch`` (see the module's docstring)."""
+    info, backend, rng = model.info, model.backend, np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, info.image_size, info.image_size, 3), dtype=np.uint8)
+    tokens = rng.integers(0, info.codebook_size, (batch, info.num_tokens), dtype=np.int64)
+    sampling = model.sampling()
+    dims = dict(seq_len=info.num_tokens, codebook_size=info.codebook_size, num_classes=info.num_classes)
+    gen = Generation.start(0, 0, sampling, **dims)
+
+    def generate():
+        masked = np.where(rng.random(tokens.shape) < 0.5, info.codebook_size, tokens)
+        for step in range(sampling.num_steps):
+            gen.step = step  # whether this step's guidance needs a null-class row (the schedule may turn it off)
+            rows = np.concatenate([masked, masked]) if gen.needs_uncond else masked
+            classes = np.arange(len(rows), dtype=np.int64) % (info.num_classes + 1)
+            backend.run_graph("generator", rows, classes.reshape(-1, 1))
+        backend.run_graph("decoder", tokens)
+
+    calls = {
+        "tokenize": lambda: backend.run_graph("encoder", images),
+        "detokenize": lambda: backend.run_graph("decoder", tokens),
+        "generate": generate,
+    }
+    return {route: _rate(fn, batch, duration) for route, fn in calls.items()}
+
+
+@contextmanager
+def timed_sampler():
+    """Seconds spent in the titok_core.sampler functions the scheduler calls, whichever they are (patched in the
+    scheduler's namespace for the duration)."""
+    seconds: defaultdict[str, float] = defaultdict(float)
+    originals = {
+        name: fn
+        for name, fn in vars(service.scheduler).items()
+        if callable(fn) and not isinstance(fn, type) and getattr(fn, "__module__", "") == "titok_core.sampler"
+    }
+
+    def timed(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[name] += time.perf_counter() - start
+
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(service.scheduler, name, timed(name, fn))
+    try:
+        yield seconds
+    finally:
+        for name, fn in originals.items():
+            setattr(service.scheduler, name, fn)
+
+
+async def engine_point(model, route: str, concurrency: int, duration: float, warmup: float, sampler) -> dict:
+    """Closed-loop clients calling the engine in-process: images/s, p50 ms, and per image the seconds inside the
+    graphs and the sampler over the measured window."""
+    info, rng = model.info, np.random.default_rng(0)
+    image = load_image(png_bytes(), info.image_size, 1 << 24, "image")[None]
+    tokens = rng.integers(0, info.codebook_size, (1, info.num_tokens), dtype=np.int64)
+    sampling, counter = model.sampling(), iter(range(10**9))
+    latencies: list[float] = []
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+    marks = {}
+
+    def snapshot():
+        return sum(model.backend.graph_seconds.values()), sum(sampler.values())
+
+    async def client():
+        while (sent := time.perf_counter()) < stop_at:
+            if "start" not in marks and sent >= measure_from:
+                marks["start"] = snapshot()
+            i = next(counter)
+            if route == "tokenize":
+                await model.tokenize(image)
+            elif route == "detokenize":
+                await model.detokenize(tokens)
+            else:
+                await model.generate([i % info.num_classes], [i], sampling)
+            if sent >= measure_from:
+                latencies.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    end = snapshot()
+    begin = marks.get("start", end)
+    n = max(len(latencies), 1)
+    return {
+        "rps": len(latencies) / duration,
+        "p50": 1000 * float(np.median(latencies)) if latencies else float("nan"),
+        "graph_s": (end[0] - begin[0]) / n,
+        "sampler_s": (end[1] - begin[1]) / n,
+    }
+
+
+def measure(repo: str, levels: list[int], duration: float, warmup: float) -> dict:
+    """Every figure of the tables, in one run: rates[(where, route, c)] and the generate stage times."""
+    settings = Settings(model_repository=repo)
+    rates: dict[tuple[str, str, int], dict] = {}
+    registry = Registry.load(settings, Metrics())
+    model = registry.get(None)
+    for c in levels:
+        for route, rate in graphs_alone(model, c, duration).items():
+            rates["graphs", route, c] = {"rps": rate}
+            print(f"graphs alone {route} batch {c}: {rate:.1f} images/s", flush=True)
+
+    async def engine():
+        await registry.start()
+        try:
+            with timed_sampler() as sampler:
+                for route in ROUTES:
+                    for c in levels:
+                        rates["engine", route, c] = await engine_point(model, route, c, duration, warmup, sampler)
+                        print(f"engine {route} c={c}: {rates['engine', route, c]['rps']:.1f} req/s", flush=True)
+            images = (await model.generate([1] * 32, list(range(32)), model.sampling()))[1]
+        finally:
+            await registry.close()
+        return images
+
+    images = asyncio.run(engine())
+    png_s = median_seconds(lambda: [encode_image(im, "png") for im in images], 1, 5) / len(images)
+
+    gateway = _Gateway(repo)
+    try:
+        bodies = _bodies(model)
+        for route in ROUTES:
+            for c in levels:
+                rates["http", route, c] = asyncio.run(_point(gateway.url, route, bodies[route], c, duration, warmup))
+                print(f"HTTP {route} c={c}: {rates['http', route, c]['rps']:.1f} req/s", flush=True)
+    finally:
+        gateway.close()
+    return {"rates": rates, "png_s": png_s}
+
+
+def _bodies(model) -> dict:
+    image = base64.b64encode(png_bytes()).decode()
+    tokens = np.random.default_rng(0).integers(0, model.info.codebook_size, model.info.num_tokens).tolist()
+    return {
+        "tokenize": lambda i: {"images": [image]},
+        "detokenize": lambda i: {"tokens": [tokens]},
+        "generate": lambda i: {"class_labels": i % model.info.num_classes, "seed": i},
+    }
+
+
+def tables(figures: dict, levels: list[int]) -> list[str]:
+    rates = figures["rates"]
+    lines = [
+        "| route | concurrency | graphs alone (images/s) | engine (req/s) | HTTP (req/s) | engine / graphs "
+        "| HTTP / graphs | engine p50 ms | HTTP p50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for route in ROUTES:
+        for c in levels:
+            g, e, h = (rates[where, route, c] for where in ("graphs", "engine", "http"))
+            lines.append(
+                f"| {route} | {c} | {g['rps']:.1f} | {e['rps']:.1f} | {h['rps']:.1f} | {e['rps'] / g['rps']:.0%} "
+                f"| {h['rps'] / g['rps']:.0%} | {e['p50']:.1f} | {h['p50']:.1f} |"
+            )
+    c = max(levels)
+    engine, http = rates["engine", "generate", c], rates["http", "generate", c]
+    total = 1 / http["rps"]  # seconds of the gateway per generated image at concurrency c
+    engine_s, png_s = 1 / engine["rps"], figures["png_s"]
+    stages = [
+        ("graphs (generator and decoder, inside session.run)", engine["graph_s"]),
+        ("sampling (the titok_core.sampler functions the scheduler calls)", engine["sampler_s"]),
+        ("scheduling, batching, thread hops (the rest of the engine)", engine_s - engine["graph_s"] - engine["sampler_s"]),
+        ("image encoding (PNG, timed alone)", png_s),
+        ("HTTP, JSON, base64 (the rest)", total - engine_s - png_s),
+    ]
+    lines += [
+        "",
+        f"Where a generated image's time goes at concurrency {c} (per image: the HTTP time is 1 / its req/s; the "
+        "graphs and the sampler are timed inside the engine run above, the rest by difference):",
+        "",
+        "| stage | ms per image | share |",
+        "|---|---:|---:|",
+        *(f"| {name} | {1000 * s:.2f} | {s / total:.0%} |" for name, s in stages),
+        f"| total (HTTP) | {1000 * total:.2f} | 100% |",
+    ]
+    return lines
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repo", default="model_repository")
+    p.add_argument("--concurrency", default="1,32", help="client counts (and graph batch sizes)")
+    p.add_argument("--duration", type=float, default=3.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each point")
+    return p
+
+
+def report(args) -> str:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    return "\n".join(tables(measure(args.repo, levels, args.duration, args.warmup), levels))
+
+
+def main(argv=None) -> int:
+    print(report(parser().parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
