@@ -22,14 +22,16 @@ import argparse
 import asyncio
 import base64
 import functools
+import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 import service.scheduler
-from bench.load import _Gateway, _point, png_bytes
+from bench.load import _Connection, _Gateway, png_bytes
 from bench.machine import median_seconds
 from service.images import encode_image, load_image
 from service.metrics import Metrics
@@ -38,20 +40,29 @@ from service.settings import Settings
 from titok_core.sampler import Generation
 
 ROUTES = ("tokenize", "detokenize", "generate")
+NOTE = (
+    "Graphs alone: the family's ONNX graphs called back to back on one thread with the gateway's session options, "
+    "batch = the concurrency (tokenize one encoder call; detokenize one decoder call; generate one generator call per "
+    "step, conditional and null-class rows, then one decoder call). Engine: the gateway's batchers, scheduler and "
+    "worker thread called in-process by C closed-loop clients (images already decoded, answers not encoded). HTTP: "
+    "a `python -m service` subprocess and C keep-alive clients (bench/load.py). Each figure is the median of "
+    "interleaved rounds, so that a neighbour's load on the shared cores weighs on the three columns alike."
+)
 
 
-def _rate(fn, items: int, duration: float) -> float:
-    """Items/s of ``fn`` (which makes ``items``) called back to back for ``duration`` s after one warm-up call."""
+def _rate(fn, items: int, duration: float) -> dict:
+    """Items/s of ``fn`` (which makes ``items``) called back to back for ``duration`` s after one warm-up call, and
+    the CPU seconds of this process per item."""
     fn()
-    count, start = 0, time.perf_counter()
+    count, start, cpu = 0, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - start) < duration:
         fn()
         count += items
-    return count / elapsed
+    return {"rps": count / elapsed, "cpu_s": (time.process_time() - cpu) / count}
 
 
-def graphs_alone(model, route: str, batch: int, duration: float) -> float:
-    """Images/s of a route's graphs alone at ``batch`` (see the module's docstring)."""
+def graphs_alone(model, route: str, batch: int, duration: float) -> dict:
+    """Images/s and CPU s per image of a route's graphs alone at ``batch`` (see the module's docstring)."""
     info, backend, rng = model.info, model.backend, np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, info.image_size, info.image_size, 3), dtype=np.uint8)
     tokens = rng.integers(0, info.codebook_size, (batch, info.num_tokens), dtype=np.int64)
@@ -107,45 +118,93 @@ def timed_sampler():
             setattr(service.scheduler, name, fn)
 
 
-async def engine_point(model, route: str, concurrency: int, duration: float, warmup: float, sampler) -> dict:
-    """Closed-loop clients calling the engine in-process: images/s, p50 ms, and per image the seconds inside the
-    graphs and the sampler over the measured window."""
-    info, rng = model.info, np.random.default_rng(0)
-    image = load_image(png_bytes(), info.image_size, 1 << 24, "image")[None]
-    tokens = rng.integers(0, info.codebook_size, (1, info.num_tokens), dtype=np.int64)
-    sampling, counter = model.sampling(), iter(range(10**9))
+async def closed_loop(clients, concurrency: int, duration: float, warmup: float, snapshot=lambda: ()) -> dict:
+    """``concurrency`` clients, each sending its next request when its last is answered (``clients()`` makes one: an
+    async ``send(i)`` that returns whether the answer was a success, and an async ``close()``).
+
+    Throughput is concurrency / mean latency (Little's law for a closed loop) over the requests sent after the
+    warm-up: unlike a count of answers in a window, it is not quantised by the batches that answer 32 at once.
+    ``snapshot()`` (counters, e.g. seconds inside the graphs) is divided per answer between the first measured send
+    and the end."""
     latencies: list[float] = []
+    errors, answered, counter, marks = 0, 0, iter(range(10**9)), {}
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
-    marks = {}
-
-    def snapshot():
-        return sum(model.backend.graph_seconds.values()), sum(sampler.values())
 
     async def client():
-        while (sent := time.perf_counter()) < stop_at:
-            if "start" not in marks and sent >= measure_from:
-                marks["start"] = snapshot()
-            i = next(counter)
-            if route == "tokenize":
-                await model.tokenize(image)
-            elif route == "detokenize":
-                await model.detokenize(tokens)
-            else:
-                await model.generate([i % info.num_classes], [i], sampling)
-            if sent >= measure_from:
-                latencies.append(time.perf_counter() - sent)
+        nonlocal errors, answered
+        send, close = clients()
+        try:
+            while (sent := time.perf_counter()) < stop_at:
+                if "start" not in marks and sent >= measure_from:
+                    marks["start"] = snapshot()
+                ok = await send(next(counter))
+                answered += "start" in marks
+                if sent >= measure_from and ok:
+                    latencies.append(time.perf_counter() - sent)
+                elif sent >= measure_from:
+                    errors += 1
+        finally:
+            await close()
 
     await asyncio.gather(*(client() for _ in range(concurrency)))
     end = snapshot()
-    begin = marks.get("start", end)
-    n = max(len(latencies), 1)
-    return {
-        "rps": len(latencies) / duration,
-        "p50": 1000 * float(np.median(latencies)) if latencies else float("nan"),
-        "graph_s": (end[0] - begin[0]) / n,
-        "sampler_s": (end[1] - begin[1]) / n,
-    }
+    per_answer = [(e - b) / max(answered, 1) for b, e in zip(marks.get("start", end), end, strict=True)]
+    mean = float(np.mean(latencies)) if latencies else float("nan")
+    p50 = 1000 * float(np.median(latencies)) if latencies else float("nan")
+    return {"rps": concurrency / mean, "p50": p50, "errors": errors, "per_answer": per_answer}
+
+
+async def engine_point(model, route: str, concurrency: int, duration: float, warmup: float, sampler) -> dict:
+    """Closed-loop clients calling the engine in-process; per answer the seconds inside the graphs and the
+    sampler."""
+    info, rng = model.info, np.random.default_rng(0)
+    image = load_image(png_bytes(), info.image_size, 1 << 24, "image")[None]
+    tokens = rng.integers(0, info.codebook_size, (1, info.num_tokens), dtype=np.int64)
+    sampling = model.sampling()
+
+    async def send(i: int) -> bool:
+        if route == "tokenize":
+            await model.tokenize(image)
+        elif route == "detokenize":
+            await model.detokenize(tokens)
+        else:
+            await model.generate([i % info.num_classes], [i], sampling)
+        return True
+
+    async def close() -> None:
+        pass
+
+    def snapshot():
+        return sum(model.backend.graph_seconds.values()), sum(sampler.values()), time.process_time()
+
+    point = await closed_loop(lambda: (send, close), concurrency, duration, warmup, snapshot)
+    point["graph_s"], point["sampler_s"], point["cpu_s"] = point.pop("per_answer")
+    return point
+
+
+def process_cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def http_point(gateway: _Gateway, route: str, body, concurrency: int, duration: float, warmup: float) -> dict:
+    """Closed-loop keep-alive clients (bench/load.py's lean one) on a gateway; CPU s per answer of the gateway's
+    process (the clients' own CPU is not counted)."""
+    url = gateway.url
+
+    def clients():
+        connection = _Connection(url)
+
+        async def send(i: int) -> bool:
+            return await connection.post(f"/v1/{route}", body(i)) == 200
+
+        return send, connection.close
+
+    point = await closed_loop(clients, concurrency, duration, warmup, lambda: (process_cpu_s(gateway.proc.pid),))
+    (point["cpu_s"],) = point.pop("per_answer")
+    return point
 
 
 async def _measure(repo: str, levels: list[int], duration: float, warmup: float, rounds: int) -> dict:
@@ -162,12 +221,12 @@ async def _measure(repo: str, levels: list[int], duration: float, warmup: float,
             for _ in range(rounds):
                 for route in ROUTES:
                     for c in levels:
-                        runs["graphs", route, c].append({"rps": graphs_alone(model, route, c, duration)})
-                        point = await engine_point(model, route, c, duration, warmup, sampler)
-                        runs["engine", route, c].append(point)
-                        runs["http", route, c].append(
-                            await _point(gateway.url, route, bodies[route], c, duration, warmup)
-                        )
+                        runs["graphs", route, c].append(graphs_alone(model, route, c, duration))
+                        # a generation at concurrency 32 takes seconds: its window holds several of them
+                        span = duration * (3 if route == "generate" and c > 1 else 1)
+                        runs["engine", route, c].append(await engine_point(model, route, c, span, warmup, sampler))
+                        http = await http_point(gateway, route, bodies[route], c, span, warmup)
+                        runs["http", route, c].append(http)
                         rates = (runs[where, route, c][-1]["rps"] for where in ("graphs", "engine", "http"))
                         print(
                             f"{route} c={c}: graphs, engine, HTTP " + ", ".join(f"{r:.1f}" for r in rates), flush=True
@@ -178,6 +237,8 @@ async def _measure(repo: str, levels: list[int], duration: float, warmup: float,
         await registry.close()
     png_s = median_seconds(lambda: [encode_image(im, "png") for im in images], 1, 5) / len(images)
     medians = {key: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for key, rs in runs.items()}
+    for key, rs in runs.items():  # errors are counted over the rounds, not a median
+        medians[key]["errors"] = sum(r.get("errors", 0) for r in rs)
     return {"rates": medians, "png_s": png_s, "graphs_s": 1 / medians["graphs", "generate", max(levels)]["rps"]}
 
 
@@ -201,16 +262,28 @@ def tables(figures: dict, levels: list[int]) -> list[str]:
     rates = figures["rates"]
     lines = [
         "| route | concurrency | graphs alone (images/s) | engine (req/s) | HTTP (req/s) | engine / graphs "
-        "| HTTP / graphs | engine p50 ms | HTTP p50 ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| HTTP / graphs | engine p50 ms | HTTP p50 ms | HTTP errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for route in ROUTES:
         for c in levels:
             g, e, h = (rates[where, route, c] for where in ("graphs", "engine", "http"))
             lines.append(
                 f"| {route} | {c} | {g['rps']:.1f} | {e['rps']:.1f} | {h['rps']:.1f} | {e['rps'] / g['rps']:.0%} "
-                f"| {h['rps'] / g['rps']:.0%} | {e['p50']:.1f} | {h['p50']:.1f} |"
+                f"| {h['rps'] / g['rps']:.0%} | {e['p50']:.1f} | {h['p50']:.1f} | {h['errors']} |"
             )
+    lines += [
+        "",
+        "CPU per image (all threads; graphs alone and engine: the benchmark's process, HTTP: the gateway's), a view "
+        "that a neighbour's load on the shared cores distorts less than the rates:",
+        "",
+        "| route | concurrency | graphs alone CPU ms | engine CPU ms | HTTP CPU ms | graphs / HTTP |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for route in ROUTES:
+        for c in levels:
+            g, e, h = (1000 * rates[where, route, c]["cpu_s"] for where in ("graphs", "engine", "http"))
+            lines.append(f"| {route} | {c} | {g:.2f} | {e:.2f} | {h:.2f} | {g / h:.0%} |")
     c = max(levels)
     engine = rates["engine", "generate", c]
     total, engine_s = 1 / rates["http", "generate", c]["rps"], 1 / engine["rps"]
