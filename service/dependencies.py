@@ -69,8 +69,9 @@ CallDep = Annotated[Call, Depends(get_call)]
 # -- checks ------------------------------------------------------------------------------------------------
 
 
-async def require_key(request: Request, settings: SettingsDep) -> None:
-    """Bearer API key, when keys are configured."""
+async def require_key(request: Request) -> None:
+    """Bearer API key, when keys are configured (the settings read here: a sub-dependency costs each request)."""
+    settings: Settings = request.app.state.settings
     if not settings.api_keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -103,7 +104,7 @@ async def require_json(request: Request) -> None:
 async def require_metrics_key(request: Request, settings: SettingsDep) -> None:
     """The API key on /metrics too, when TITOK_METRICS_REQUIRE_KEY is set."""
     if settings.metrics_require_key:
-        await require_key(request, settings)
+        await require_key(request)
 
 
 def _quality(params: list[str]) -> float:
@@ -176,8 +177,9 @@ def json_schema(model: type) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_uploads(request: Request, serving: ServingDep) -> tuple[str | None, list[bytes]]:
+async def read_uploads(request: Request) -> tuple[str | None, list[bytes]]:
     """The model named and the image files sent, as JSON (base64 list) or as a multipart upload of `files`."""
+    serving: Serving = request.app.state.serving
     kind = media_type(request)
     if kind == "application/json":
         body = await parse_json(TokenizeRequest, await request.body())
