@@ -23,6 +23,7 @@ import asyncio
 import base64
 import functools
 import os
+import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -229,7 +230,8 @@ async def _measure(repo: str, levels: list[int], duration: float, warmup: float,
                         runs["http", route, c].append(http)
                         rates = (runs[where, route, c][-1]["rps"] for where in ("graphs", "engine", "http"))
                         print(
-                            f"{route} c={c}: graphs, engine, HTTP " + ", ".join(f"{r:.1f}" for r in rates), flush=True
+                            f"{route} c={c}: graphs, engine, HTTP " + ", ".join(f"{r:.1f}" for r in rates),
+                            file=sys.stderr,
                         )
         images = (await model.generate([1] * max(levels), list(range(max(levels))), model.sampling()))[1]
     finally:
