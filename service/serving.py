@@ -49,7 +49,8 @@ from .settings import Settings
 T = TypeVar("T")
 # a small image (64x64) decodes inline in well under a millisecond
 _INLINE_DECODE_PIXELS = 64 * 64
-# a few small images (4 of 32x32) encode inline in about a millisecond: less than a thread hop costs under load
+# a few small images (4 of 32x32) encode as PNG or JPEG inline in about a millisecond: less than a thread hop
+# costs under load
 _INLINE_ENCODE_PIXELS = 64 * 64
 
 
@@ -320,8 +321,9 @@ def _card(name: str, model: ServedModel) -> ModelCard:
 
 
 async def _encode(images: np.ndarray, fmt: str) -> list[bytes]:
-    """(B, H, W, 3) uint8 -> B image files; off the event loop unless they are few and small."""
-    if images.shape[0] * images.shape[1] * images.shape[2] <= _INLINE_ENCODE_PIXELS:
+    """(B, H, W, 3) uint8 -> B image files; off the event loop unless they are few and small PNGs or JPEGs
+    (lossless WebP takes ten times as long: always in a worker thread)."""
+    if fmt != "webp" and images.shape[0] * images.shape[1] * images.shape[2] <= _INLINE_ENCODE_PIXELS:
         return [imaging.encode_image(im, fmt) for im in images]
     return await anyio.to_thread.run_sync(lambda: [imaging.encode_image(im, fmt) for im in images])
 
