@@ -18,7 +18,7 @@ from titok_core.extras import require
 # the suite runs PyTorch and onnxruntime itself: one line naming the extra, not a traceback, when they are missing
 require("torch", "onnxruntime", purpose="python -m bench")
 
-from bench import gateway, graphs, hostile, load, released  # noqa: E402
+from bench import gateway, graphs, hostile, load, released, routes  # noqa: E402
 from bench.machine import facts  # noqa: E402
 
 FAMILY = "checkpoints/titok-fmnist"
@@ -55,9 +55,14 @@ def main(argv=None) -> int:
     body = graphs.run(graphs.parser().parse_args(cmd.split()[3:] + ["--threads", str(args.threads)]))
     sections.append(section("ONNX Runtime vs PyTorch eager: the shipped titok-fmnist family", cmd, body))
 
+    cmd = f"python -m bench.routes --repo {args.repo}"
+    body = routes.report(routes.parser().parse_args(["--repo", args.repo]))
+    title = "Per route: the graphs alone vs the engine in-process vs HTTP, and where a generated image's time goes"
+    sections.append(section(title, cmd, body, routes.NOTE))
+
     cmd = f"python -m bench.gateway --repo {args.repo}"
     body = gateway.report(gateway.parser().parse_args(["--repo", args.repo]))
-    sections.append(section("The gateway: HTTP vs engine, batching gain, start-up, memory, stages", cmd, body))
+    sections.append(section("The gateway: batching gain, start-up, memory, stages", cmd, body))
 
     cmd = f"python bench/load.py --repo {args.repo} --compare-generation --duration 3 --warmup 1"
     body = load.report(load.parser().parse_args(cmd.split()[2:]))

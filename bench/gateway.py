@@ -1,11 +1,8 @@
-"""The gateway against its own engine, its batching gain, its start-up and memory, and where a request's time goes.
+"""The gateway's batching gain, its start-up and memory, and where a request's time goes.
 
     python -m bench.gateway --repo model_repository
 
-Tables:
-- HTTP vs engine: closed-loop throughput at one concurrency over real HTTP (a `python -m service` subprocess) and
-  of the same engine (batchers, generation scheduler, ONNX Runtime) called in-process with the same settings, so the
-  ratio is what HTTP, JSON, base64 and image coding cost.
+Tables (HTTP vs the engine vs the graphs alone, per route, is bench/routes.py's):
 - Step-level batching: generate requests/s and p50 at concurrency C vs concurrency 1.
 - Cold start (process start to the first 200 from /readyz) and resident memory (after start, peak after load).
 - One request, piece by piece: the median time of each stage, run alone in-process, beside the HTTP latency.
@@ -28,53 +25,6 @@ from service.metrics import Metrics
 from service.registry import Registry
 from service.settings import Settings
 from titok_core.sampler import Generation, advance, build_batch
-
-
-async def _engine_point(repo: str, route: str, concurrency: int, duration: float, warmup: float) -> dict:
-    """The HTTP closed loop's twin, calling the engine (ServedModel) directly with the gateway's default settings."""
-    registry = Registry.load(Settings(model_repository=repo), Metrics())
-    await registry.start()
-    model = registry.get(None)
-    image = load_image(png_bytes(), model.info.image_size, 1 << 24, "image")[None]
-    sampling, counter = model.sampling(), iter(range(10**9))
-    latencies = []
-    start = time.perf_counter()
-    measure_from, stop_at = start + warmup, start + warmup + duration
-
-    async def client():
-        while (sent := time.perf_counter()) < stop_at:
-            i = next(counter)
-            if route == "tokenize":
-                await model.tokenize(image)
-            else:
-                await model.generate([i % model.info.num_classes], [i], sampling)
-            if sent >= measure_from:
-                latencies.append(time.perf_counter() - sent)
-
-    try:
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-    finally:
-        await registry.close()
-    p50 = 1000 * statistics.median(latencies) if latencies else float("nan")
-    return {"n": len(latencies), "rps": len(latencies) / duration, "p50": p50}
-
-
-def http_vs_engine(gateway: _Gateway, repo: str, concurrency: int, duration: float, warmup: float) -> list[str]:
-    png = base64.b64encode(png_bytes()).decode()
-    bodies = {"tokenize": lambda i: {"images": [png]}, "generate": lambda i: {"class_labels": i % 10, "seed": i}}
-    lines = [
-        "| route | concurrency | HTTP req/s | HTTP p50 ms | engine req/s | engine p50 ms | HTTP / engine |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for route, body in bodies.items():
-        http = asyncio.run(_point(gateway.url, route, body, concurrency, duration, warmup))
-        direct = asyncio.run(_engine_point(repo, route, concurrency, duration, warmup))
-        lines.append(
-            f"| {route} | {concurrency} | {http['rps']:.1f} | {http['p50']:.1f} | {direct['rps']:.1f} "
-            f"| {direct['p50']:.1f} | {http['rps'] / direct['rps']:.0%} |"
-        )
-        print(lines[-1], flush=True)
-    return lines
 
 
 def spinning(repo: str, concurrency: int, duration: float, warmup: float) -> list[str]:
@@ -187,7 +137,7 @@ def stages(repo: str) -> list[tuple[str, str, float]]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default="model_repository")
-    p.add_argument("--concurrency", type=int, default=32, help="for HTTP vs engine and the batching gain")
+    p.add_argument("--concurrency", type=int, default=32, help="for the batching gain and spinning")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--cold-starts", type=int, default=3)
@@ -203,9 +153,7 @@ def report(args) -> str:
     lines = []
     gateway = _Gateway(args.repo)
     try:
-        lines += ["### HTTP vs the engine called directly (same batching)", ""]
-        lines += http_vs_engine(gateway, args.repo, args.concurrency, args.duration, args.warmup)
-        lines += ["", "### Step-level batching: generate at concurrency C vs 1", ""]
+        lines += ["### Step-level batching: generate at concurrency C vs 1", ""]
         lines += batching_gain(gateway, [1, args.concurrency], args.duration, args.warmup)
         peak = _memory_mib(gateway.proc.pid, "VmHWM")
     finally:

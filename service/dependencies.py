@@ -36,24 +36,28 @@ from .settings import Settings
 
 T = TypeVar("T")
 _INLINE_PARSE_BYTES = 256 << 10  # a JSON body up to this size is parsed on the event loop (well under 10 ms)
+_INLINE_BASE64_CHARS = 64 << 10  # base64 images up to this size are decoded on the event loop (under 1 ms: a thread
+# hop costs more than that under load)
 _UPLOAD_TYPES = {"image/png", "image/jpeg", "image/webp", "application/octet-stream", ""}
 
 # -- app.state (set once by create_app) ----------------------------------------------------------------
+# the dependencies are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in a worker
+# thread, and a thread hop per dependency cost more than the rest of a small request (bench/routes.py)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def get_serving(request: Request) -> Serving:
+async def get_serving(request: Request) -> Serving:
     return request.app.state.serving
 
 
-def get_call(request: Request) -> Call:
+async def get_call(request: Request) -> Call:
     return Call(request.state.request_id, partial(guarded, request))
 
 
@@ -65,8 +69,9 @@ CallDep = Annotated[Call, Depends(get_call)]
 # -- checks ------------------------------------------------------------------------------------------------
 
 
-def require_key(request: Request, settings: SettingsDep) -> None:
-    """Bearer API key, when keys are configured."""
+async def require_key(request: Request) -> None:
+    """Bearer API key, when keys are configured (the settings read here: a sub-dependency costs each request)."""
+    settings: Settings = request.app.state.settings
     if not settings.api_keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -89,17 +94,17 @@ def media_type(request: Request) -> str:
     return message.get_content_type().lower()
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 for a body that is not declared as JSON."""
     kind = media_type(request)
     if kind != "application/json" and not kind.endswith("+json"):
         raise UnsupportedMediaType(f"send application/json, not {short(kind) or 'no content type'}")
 
 
-def require_metrics_key(request: Request, settings: SettingsDep) -> None:
+async def require_metrics_key(request: Request, settings: SettingsDep) -> None:
     """The API key on /metrics too, when TITOK_METRICS_REQUIRE_KEY is set."""
     if settings.metrics_require_key:
-        require_key(request, settings)
+        await require_key(request)
 
 
 def _quality(params: list[str]) -> float:
@@ -113,7 +118,7 @@ def _quality(params: list[str]) -> float:
     return 1.0
 
 
-def accepted_image(request: Request) -> str | None:
+async def accepted_image(request: Request) -> str | None:
     """The image format the Accept header prefers (highest q, then first listed, of png, jpeg, webp), else None;
     q=0 means "not this one"."""
     by_type = {v: k for k, v in imaging.MEDIA_TYPES.items()}
@@ -172,8 +177,9 @@ def json_schema(model: type) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-async def read_uploads(request: Request, serving: ServingDep) -> tuple[str | None, list[bytes]]:
+async def read_uploads(request: Request) -> tuple[str | None, list[bytes]]:
     """The model named and the image files sent, as JSON (base64 list) or as a multipart upload of `files`."""
+    serving: Serving = request.app.state.serving
     kind = media_type(request)
     if kind == "application/json":
         body = await parse_json(TokenizeRequest, await request.body())
@@ -183,6 +189,8 @@ async def read_uploads(request: Request, serving: ServingDep) -> tuple[str | Non
         def decode() -> list[bytes]:
             return [imaging.decode_base64(text, f"images[{i}]") for i, text in enumerate(body.images)]
 
+        if sum(len(text) for text in body.images) <= _INLINE_BASE64_CHARS:
+            return body.model, decode()
         return body.model, await anyio.to_thread.run_sync(decode)
     if kind != "multipart/form-data":
         raise UnsupportedMediaType(f"send application/json or multipart/form-data, not {short(kind) or 'nothing'}")

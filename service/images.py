@@ -111,6 +111,11 @@ def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarra
 def encode_image(array: np.ndarray, fmt: str) -> bytes:
     """(H, W, 3) uint8 -> PNG, JPEG (quality 95) or lossless WebP bytes; the same array gives the same bytes."""
     out = io.BytesIO()
-    options: dict[str, dict[str, Any]] = {"png": {}, "jpeg": {"quality": 95}, "webp": {"lossless": True}}
+    # zlib level 1 for PNG: 20-30% less encoding time than the default 6 for 1-6% more bytes (bench/routes.py)
+    options: dict[str, dict[str, Any]] = {
+        "png": {"compress_level": 1},
+        "jpeg": {"quality": 95},
+        "webp": {"lossless": True},
+    }
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGB").save(out, FORMATS[fmt], **options[fmt])
     return out.getvalue()

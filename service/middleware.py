@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 
@@ -173,7 +174,7 @@ class BodyGuard:
         while True:
             wait = min(self.read_timeout_s, deadline - time.monotonic())
             try:
-                message = await asyncio.wait_for(receive(), max(wait, 0.001))
+                message = await _within(receive(), max(wait, 0.001))
             except asyncio.TimeoutError:
                 raise _Refused(408, "request_timeout", "the request body was not received in time") from None
             if message["type"] == "http.disconnect":
@@ -193,6 +194,17 @@ class BodyGuard:
 
 class _ClientLeft(Exception):
     pass
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(awaitable, seconds: float):
+        """``awaitable`` under a timeout, without the task that ``asyncio.wait_for`` of Python 3.11 makes for it."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:
+    _within = asyncio.wait_for
 
 
 def _json_values(body: bytes) -> int:
