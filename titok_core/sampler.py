@@ -196,7 +196,8 @@ def sample(
     z = logits / np.where(t > 0, t, f32(1))
     weights = np.exp(z - z.max(axis=-1, keepdims=True))
     cdf = np.cumsum(weights, axis=-1, dtype=f32)
-    drawn = (cdf < u_token[..., None] * cdf[..., -1:]).sum(axis=-1)
+    # counted in float32 (exact below 2**24): a float sum is several times faster than an int64 one in ONNX Runtime
+    drawn = (cdf < u_token[..., None] * cdf[..., -1:]).sum(axis=-1, dtype=f32).astype(np.int64)
     drawn = np.minimum(drawn, mask_id - 1)
     chosen = np.where(t[..., 0] > 0, drawn, logits.argmax(axis=-1))
     picked = np.take_along_axis(logits, chosen[..., None], axis=-1)[..., 0]

@@ -45,7 +45,7 @@ def sample(
     z = logits / torch.where(t > 0, t, torch.ones_like(t))
     weights = torch.exp(z - z.amax(dim=-1, keepdim=True))
     cdf = torch.cumsum(weights, dim=-1)
-    drawn = (cdf < u_token.unsqueeze(-1) * cdf[..., -1:]).sum(dim=-1)
+    drawn = (cdf < u_token.unsqueeze(-1) * cdf[..., -1:]).to(torch.float32).sum(dim=-1).to(torch.int64)
     drawn = torch.clamp(drawn, max=mask_id - 1)
     t_row = t[..., 0]
     chosen = torch.where(t_row > 0, drawn, logits.argmax(dim=-1))
