@@ -4,8 +4,10 @@ Vocabulary: ids 0..K-1 are image tokens and K (= codebook_size) is the mask id. 
 C (= num_classes) is the null class of classifier-free guidance. The generator is called as
 ``logits_fn(tokens int64 (B, N), class_ids int64 (B,)) -> logits (B, N, K)``.
 
-A generation advances one step at a time (``build_batch`` -> one generator call -> ``advance``), so a server can
-batch items that are at different steps with different settings; ``generate`` is the lock-step loop.
+A generation advances one step at a time, so a server can batch items that are at different steps with different
+settings: ``step_inputs`` -> one call of a family's step graph -> ``apply`` (the gateway), or ``build_batch`` -> one
+generator call -> ``advance`` (this reference on any generator's logits: evaluation, a backend without the step
+graph); ``generate`` is the lock-step loop.
 
 A variation (``Generation.resume``) starts from an image's tokens with some positions hidden, joins the schedule at
 the step whose hidden count is the nearest at or above its own (``start_step``) and runs the remaining steps; with
