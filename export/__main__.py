@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from titok_core.extras import require
+from titok_core.manifest import GRAPHS
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -93,7 +94,7 @@ def _reported(result, out: str, family: str) -> int:
     if not result.ok:
         print(f"verification failed: nothing written to {out}", file=sys.stderr)
         return 1
-    print(f"wrote {family}_{{encoder,decoder,generator}} and {result.manifest}")
+    print(f"wrote {family}_{{{','.join(GRAPHS)}}} and {result.manifest}")
     return 0
 
 

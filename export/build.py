@@ -1,4 +1,4 @@
-"""The build step: export the three graphs, verify them against PyTorch, and only then write the repository."""
+"""The build step: export the graphs, verify them against PyTorch, and only then write the repository."""
 
 import re
 import tempfile

@@ -1,4 +1,4 @@
-"""The three ONNX graphs of a family (encoder, decoder, generator): fp32 inside, a dynamic batch, opset 18.
+"""The four ONNX graphs of a family (encoder, decoder, generator, step): fp32 inside, a dynamic batch, opset 18.
 
 The dtypes and layouts are chosen so that the gateway does as little as possible:
   * encoder: uint8 NHWC images (B, H, W, 3) -> int64 token ids (B, N). PIL decodes a PNG/JPEG into exactly
@@ -10,6 +10,10 @@ The dtypes and layouts are chosen so that the gateway does as little as possible
   * generator: int64 ids (B, N) (mask id = codebook_size) and int64 class ids (B, 1) (num_classes = the null
     class) -> float32 logits (B, N, K): one MaskGIT step; the caller stacks the conditional and null-class rows
     for guidance. (B, 1) rather than (B,) gives every input a batch dimension plus dims, as Triton batches them.
+  * step: one whole MaskGIT step (``training.sampling.MaskGITStep``, sampler version 2): tokens (B, N) and per-row
+    (B, 1) class ids, seeds, steps, guidance, temperature, annealing and mask_len -> the next tokens (B, N). The
+    null-class rows, guidance, the counter-based sampling and re-masking run in the graph: the gateway makes one
+    call per step and does no per-item work on logits.
 Ids are int64 because ONNX ArgMin returns int64 and Gather takes it without a cast.
 """
 
@@ -20,6 +24,8 @@ import numpy as np
 import onnx
 import torch
 from torch import nn
+
+from training.sampling import MaskGITStep
 
 from .signatures import Signature, family_signatures, float_decoder_signature
 
@@ -87,7 +93,19 @@ def example_inputs(signature: Signature, batch: int = 1) -> tuple[torch.Tensor, 
     return tuple(torch.zeros((batch, *t.dims), dtype=getattr(torch, t.dtype)) for t in signature.inputs)
 
 
-def _trace(module: nn.Module, signature: Signature, path: Path) -> onnx.ModelProto:
+def step_example_inputs(signature: Signature, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Inputs the step graph is traced on: a guided row and an unguided one (so that the null-class rows are built
+    from data, not fixed by the trace), settings > 0 (zeros would divide by zero)."""
+    tokens, *rest = example_inputs(signature, batch)
+    values = {"guidance": [1.0, 0.0], "temperature": [1.0] * batch, "annealing": [1.0] * batch, "mask_len": [1] * batch}
+    filled = [
+        torch.tensor(values[t.name][:batch], dtype=x.dtype).reshape(-1, 1) if t.name in values else x
+        for t, x in zip(signature.inputs[1:], rest, strict=True)
+    ]
+    return (tokens, *filled)
+
+
+def _trace(module: nn.Module, signature: Signature, path: Path, inputs=None) -> onnx.ModelProto:
     """``torch.onnx.export`` to ``path`` with the TorchScript exporter, the batch axis named "batch"; the model."""
     # dynamo=False: deprecated in torch 2.13 but present, and on these models it gives the same numbers as the
     # torch.export-based exporter, 5-10x faster and without onnxscript. The tracer runs the model once, on a batch
@@ -99,7 +117,7 @@ def _trace(module: nn.Module, signature: Signature, path: Path) -> onnx.ModelPro
         warnings.simplefilter("ignore")  # the deprecation notice, and tracer warnings about sizes it reads
         torch.onnx.export(
             module,
-            example_inputs(signature),
+            example_inputs(signature) if inputs is None else inputs,
             str(path),
             input_names=[t.name for t in signature.inputs],
             output_names=[t.name for t in signature.outputs],
@@ -153,11 +171,16 @@ def _append_uint8_output(model: onnx.ModelProto) -> None:
     )
 
 
-def export_graph(module: nn.Module, signature: Signature, path: str | Path) -> Path:
+def export_graph(module: nn.Module, signature: Signature, path: str | Path, inputs=None) -> Path:
     """Export one graph to ``path`` (weights inside the file) and check its I/O against ``signature``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save_checked(_trace(module, signature, path), signature, path)
+    return _save_checked(_trace(module, signature, path, inputs), signature, path)
+
+
+def export_step(generator: nn.Module, signature: Signature, path: str | Path) -> Path:
+    """The fused generator step graph (``MaskGITStep``)."""
+    return export_graph(MaskGITStep(generator), signature, path, step_example_inputs(signature))
 
 
 def export_decoder(
@@ -182,13 +205,14 @@ def export_decoder(
 
 
 def export_family(tokenizer: nn.Module, generator: nn.Module, out_dir: str | Path) -> dict[str, Path]:
-    """``out_dir/{encoder,decoder,generator}.onnx``, plus ``decoder_float.onnx`` for verification."""
+    """``out_dir/{encoder,decoder,generator,step}.onnx``, plus ``decoder_float.onnx`` for verification."""
     out = Path(out_dir)
     signatures = family_signatures_of(tokenizer)
     return {
         "encoder": export_graph(EncoderGraph(tokenizer), signatures["encoder"], out / "encoder.onnx"),
         "decoder": export_decoder(tokenizer, out / "decoder.onnx", float_path=out / "decoder_float.onnx"),
         "generator": export_graph(GeneratorGraph(generator), signatures["generator"], out / "generator.onnx"),
+        "step": export_step(generator, signatures["step"], out / "step.onnx"),
         "decoder_float": out / "decoder_float.onnx",
     }
 

@@ -1,4 +1,4 @@
-"""fp16 TensorRT engines from a family's three ONNX graphs, with one optimization profile over the dynamic batch.
+"""fp16 TensorRT engines from a family's ONNX graphs, with one optimization profile over the dynamic batch.
 
 Each engine is written as ``<model>/<version>/model.plan`` beside its ``model.onnx`` (Triton's file name for a
 ``tensorrt_plan`` model); the onnxruntime configs stay as they are. Engines are tied to the GPU and TensorRT version
@@ -69,7 +69,7 @@ def build_engine(trt, onnx_path: str | Path, signature: Signature, max_batch_siz
 
 
 def build_engines(repo: str | Path, family: str, out: str | Path | None = None) -> list[Path]:
-    """Engines for the family's three graphs: ``<out or repo>/<model>/<version>/model.plan``."""
+    """Engines for the family's graphs: ``<out or repo>/<model>/<version>/model.plan``."""
     trt = load_tensorrt()
     repo = Path(repo)
     manifest = read_manifest(repo, family)

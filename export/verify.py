@@ -1,4 +1,5 @@
-"""ONNX Runtime against PyTorch on real inputs: token ids, decoded pixels and generator logits, at several batches."""
+"""ONNX Runtime against PyTorch on real inputs: token ids, decoded pixels, generator logits and the tokens of one
+sampling step, at several batches."""
 
 import tempfile
 from dataclasses import asdict, dataclass
@@ -10,8 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from titok_core.sampler import SCHEDULES, Generation, SamplingSettings, step_inputs
 from training.data import DatasetCorruptError, DatasetNotFoundError, load_fashion_mnist
 from training.report import markdown_table
+from training.sampling import MaskGITStep
 
 from .onnx_graphs import DecoderGraph, EncoderGraph, GeneratorGraph, export_decoder
 
@@ -19,6 +22,9 @@ BATCH_SIZES = (1, 3, 32)
 DECODER_FLOAT_TOL = 1e-4  # max abs error of the float32 decoder, pixels in [0, 1]
 DECODER_LSB_TOL = 1  # the uint8 decoder may round the other way at a .5 boundary
 GENERATOR_TOL = 1e-3  # max abs error of the logits
+# the step's tokens: the same float32 ops on both sides, but the last bit of exp / cumsum (torch adds float32 in
+# double) moves a token when a uniform falls within ~1e-6 of a CDF step: allow a rare one
+STEP_AGREEMENT = 0.999
 TIE_GAP = 1e-4  # a differing token is a near tie if its two codes' distances differ by at most this (relative)
 
 
@@ -129,6 +135,50 @@ def _check_generator(generator, session, tokens, sizes, rng) -> list[Check]:
     return checks
 
 
+def step_generations(cfg, tokens: np.ndarray, rng: np.random.Generator) -> list[Generation]:
+    """Generations mid-way through varied schedules (every schedule, annealing on and off, the null class, a last
+    step), their hidden positions drawn over ``tokens``: the inputs of the step checks."""
+    gens = []
+    for i, row in enumerate(tokens):
+        settings = SamplingSettings(
+            num_steps=int(rng.integers(2, 12)),
+            guidance_scale=float(rng.uniform(0, 6)),
+            guidance_schedule=SCHEDULES[i % len(SCHEDULES)],
+            temperature=float(rng.uniform(0.5, 10)),
+            softmax_annealing=bool(i % 2),
+        )
+        gen = Generation.start(
+            int(rng.integers(0, cfg.num_classes)),
+            int(rng.integers(0, 2**63)),
+            settings,
+            seq_len=len(row),
+            codebook_size=cfg.mask_id,
+            num_classes=cfg.num_classes,
+        )
+        gen.step = int(rng.integers(0, settings.num_steps))
+        hidden = max(2, int(len(row) * (1 - gen.step / settings.num_steps)))
+        gen.tokens = row.astype(np.int64).copy()
+        gen.tokens[rng.permutation(len(row))[:hidden]] = cfg.mask_id
+        if i % 5 == 4:
+            gen.class_id = cfg.num_classes  # unconditional
+        gens.append(gen)
+    return gens
+
+
+def _check_step(generator, session, tokens, sizes, rng) -> list[Check]:
+    inputs = step_inputs(step_generations(generator.config, tokens[: max(sizes)], rng))
+    with torch.no_grad():
+        ref = MaskGITStep(generator)(*map(torch.from_numpy, inputs)).numpy()
+    names = [i.name for i in session.get_inputs()]
+    checks = []
+    for b in sizes:
+        got = session.run(None, dict(zip(names, (x[:b] for x in inputs), strict=True)))[0]
+        same = float((got == ref[:b]).mean()) if got.shape == ref[:b].shape else 0.0
+        ok = got.dtype == np.int64 and same >= STEP_AGREEMENT
+        checks.append(Check("step", b, "token agreement", same, f">= {STEP_AGREEMENT:g}", ok))
+    return checks
+
+
 # ---------------------------------------------------------------------------------------------------
 # The whole family
 # ---------------------------------------------------------------------------------------------------
@@ -158,6 +208,7 @@ def verify_family(
         encoder_checks, same, total = _check_encoder(tokenizer, s["encoder"], images, tokens, sizes)
         checks = encoder_checks + _check_decoder(tokenizer, s["decoder"], s["decoder_float"], tokens, decoder_sizes)
         checks += _check_generator(generator, s["generator"], tokens, sizes, np.random.default_rng(seed))
+        checks += _check_step(generator, s["step"], tokens, sizes, np.random.default_rng(seed + 1))
     return {
         "ok": all(c.ok for c in checks),
         "inputs": source,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from titok_core.manifest import Manifest
-from titok_core.sampler import Generation, SamplingSettings
+from titok_core.sampler import Generation, SamplingSettings, step_inputs
 
 from .backends import Backend
 from .batcher import MicroBatcher, RunFn, Seats
@@ -73,7 +73,7 @@ class ServedModel:
 
         self.encoder, self.decoder = batcher("encoder", backend.encode), batcher("decoder", backend.decode)
         self.scheduler = GenerationScheduler(
-            info.family, backend.logits, max_batch_size=batch, max_queue=queue, metrics=metrics, backend=backend.name
+            info.family, backend.step, max_batch_size=batch, max_queue=queue, metrics=metrics, backend=backend.name
         )
         self._lower_names = {name.lower(): i for i, name in enumerate(info.class_names)}
         self.warm = False
@@ -111,7 +111,18 @@ class ServedModel:
         images = await self.backend.decode(np.minimum(tokens, info.codebook_size - 1))
         alone_logits = await self.backend.logits(tokens[3:4], classes[3:4])
         alone_images = await self.backend.decode(np.minimum(tokens[3:4], info.codebook_size - 1))
-        self.batch_invariant = np.array_equal(logits[3], alone_logits[0]) and np.array_equal(images[3], alone_images[0])
+        # the step graph: guided and unguided rows (every class, the null one too) at their first step
+        dims = dict(seq_len=info.num_tokens, codebook_size=info.codebook_size, num_classes=info.num_classes)
+        gens = [Generation.start(i % info.num_classes, i, info.sampling, **dims) for i in range(8)]
+        gens[5].class_id = info.num_classes
+        step_in = step_inputs(gens)
+        stepped = await self.backend.step(step_in)
+        alone_step = await self.backend.step(tuple(x[3:4] for x in step_in))
+        self.batch_invariant = (
+            np.array_equal(logits[3], alone_logits[0])
+            and np.array_equal(images[3], alone_images[0])
+            and np.array_equal(stepped[3], alone_step[0])
+        )
         if self.batch_invariant:
             log.info("%s: outputs do not depend on the batch (seeded results are reproducible)", info.family)
         else:

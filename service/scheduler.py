@@ -1,8 +1,10 @@
-"""Step-level generation scheduling: every in-flight generation of a model advances together, one generator call
-per step (conditional and null-class rows in one batch); new requests join at the next step, finished ones leave.
+"""Step-level generation scheduling: every in-flight generation of a model advances together, one call of the step
+graph per step (generator with its null-class rows, guidance, sampling and re-masking, all in the graph); new
+requests join at the next step, finished ones leave.
 
-The sampling itself is ``titok_core.sampler`` (per-item random generators), so an item's tokens do not depend on
-which other generations share its steps.
+The host only stacks each generation's per-row inputs (``titok_core.sampler.step_inputs``) and takes the tokens
+back. The sampling's randomness is counter-based (seed, step, position), so an item's tokens do not depend on which
+other generations share its steps.
 """
 
 import asyncio
@@ -14,14 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from titok_core.sampler import Generation, advance, build_batch
+from titok_core.sampler import Generation, apply, step_inputs
 
 from .batcher import request_ids
 from .errors import InternalError, Overloaded, ServiceError
 from .metrics import Metrics
 
 log = logging.getLogger("titok.scheduler")
-LogitsFn = Callable[..., Awaitable[np.ndarray]]
+StepFn = Callable[..., Awaitable[np.ndarray]]  # (step inputs, request_id=) -> next tokens (B, N)
 
 
 @dataclass(eq=False)
@@ -40,14 +42,14 @@ class GenerationScheduler:
     def __init__(
         self,
         model: str,
-        logits: LogitsFn,
+        step: StepFn,
         *,
         max_batch_size: int,
         max_queue: int,
         metrics: Metrics,
         backend: str,
     ):
-        self.model, self._logits = model, logits
+        self.model, self._step_fn = model, step
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self._waiting: deque[_Request] = deque()
         self._waiting_items = 0
@@ -144,17 +146,15 @@ class GenerationScheduler:
             self._active_gauge.set(sum(len(r.gens) for r in still))
 
     async def _step(self, gens: list[Generation], request_id: str = "") -> None:
-        """One sampler step of ``gens``: one generator call (chunked only beyond the max batch size)."""
-        tokens, classes, rows = build_batch(gens)
+        """One sampler step of ``gens``: one step-graph call (chunked only beyond the max batch size)."""
+        inputs = step_inputs(gens)  # stacking B rows: microseconds, done on the loop rather than a thread hop
         parts = []
-        for begin in range(0, len(tokens), self.max_batch_size):
-            chunk = slice(begin, begin + self.max_batch_size)
-            self._batch.observe(len(tokens[chunk]))
+        for begin in range(0, len(gens), self.max_batch_size):
+            chunk = tuple(x[begin : begin + self.max_batch_size] for x in inputs)
+            self._batch.observe(len(chunk[0]))
             start = time.perf_counter()
             try:
-                parts.append(await self._logits(tokens[chunk], classes[chunk], request_id=request_id))
+                parts.append(await self._step_fn(chunk, request_id=request_id))
             finally:
                 self._infer.observe(time.perf_counter() - start)
-        logits = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        # the sampler's float64 work for a full batch takes milliseconds: keep it off the event loop
-        await asyncio.to_thread(advance, gens, logits, rows)
+        apply(gens, parts[0] if len(parts) == 1 else np.concatenate(parts))

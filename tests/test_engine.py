@@ -24,14 +24,16 @@ from service.scheduler import GenerationScheduler
 from service.settings import Settings
 from tests.conftest import FAMILY
 from titok_core.sampler import Generation, SamplingSettings, generate
+from titok_core.sampler import sample as reference_step
 
 pytestmark = pytest.mark.anyio
 GRAPHS = ("encoder", "decoder", "generator")
 
 
 class FakeBackend(Backend):
-    """Deterministic, row-wise (so batch-invariant) answers for the three graphs. Every call is recorded; a held
-    graph's calls wait until ``step`` lets one through or ``release`` lets them all; ``failures`` are raised."""
+    """Deterministic, row-wise (so batch-invariant) answers for the graphs (the step's calls are recorded as the
+    generator's, with the step inputs). Every call is recorded; a held graph's calls wait until ``let_through``
+    lets one through or ``release`` lets them all; ``failures`` are raised."""
 
     name = "fake"
 
@@ -49,19 +51,19 @@ class FakeBackend(Backend):
     def hold(self, graph: str) -> None:
         self._held.add(graph)
 
-    def step(self, graph: str, calls: int = 1) -> None:
+    def let_through(self, graph: str, calls: int = 1) -> None:
         for _ in range(calls):
             self._permits[graph].release()
 
     def release(self, graph: str) -> None:
         self._held.discard(graph)
-        self.step(graph, self._waiting[graph])
+        self.let_through(graph, self._waiting[graph])
 
     def count(self, graph: str) -> int:
         return sum(g == graph for g, _ in self.calls)
 
     def inputs(self, graph: str, which: int = 0) -> list[np.ndarray]:
-        """The ``which``-th input of every call of ``graph`` (the generator's class ids are input 1)."""
+        """The ``which``-th input of every call of ``graph`` (the step's class ids are input 1)."""
         return [x[which] for g, x in self.calls if g == graph]
 
     async def called(self, graph: str, times: int) -> None:
@@ -97,6 +99,16 @@ class FakeBackend(Backend):
     async def logits(self, tokens, class_ids, request_id=""):
         await self._call("generator", tokens, class_ids)
         return fake_logits(tokens, class_ids, self.k)
+
+    async def step(self, inputs, request_id=""):
+        """The numpy reference on the fake logits: what a step graph of this fake generator returns."""
+        await self._call("generator", *inputs)
+        await asyncio.sleep(0)  # a real backend's call suspends the scheduler (an executor or gRPC), as this does
+        tokens, class_ids, seeds, steps, guidance, temperature, annealing, mask_len = inputs
+        cond = fake_logits(tokens, class_ids, self.k)
+        null = np.where(guidance != 0, DIMS["num_classes"], class_ids)  # a row without guidance needs none
+        uncond = fake_logits(tokens, null, self.k)
+        return reference_step(cond, uncond, tokens, seeds, steps, guidance, temperature, annealing, mask_len)
 
     async def ready(self):
         return True
@@ -282,7 +294,7 @@ def alone(class_id: int, seed: int, **settings) -> list[int]:
 
 def scheduler(backend: FakeBackend, metrics: Metrics | None = None, **options) -> GenerationScheduler:
     options = {"max_batch_size": 8, "max_queue": 64, **options}
-    return GenerationScheduler("m", backend.logits, metrics=metrics or Metrics(), backend="fake", **options)
+    return GenerationScheduler("m", backend.step, metrics=metrics or Metrics(), backend="fake", **options)
 
 
 async def test_a_late_request_joins_the_generations_in_flight_at_the_next_step():
@@ -294,22 +306,25 @@ async def test_a_late_request_joins_the_generations_in_flight_at_the_next_step()
         await backend.called("generator", 1)
         late = asyncio.create_task(s.generate(gens([2], [7], num_steps=2, **plain)))
         await asyncio.sleep(0)
+        backend.let_through("generator", 3)
+        tokens_late = await late  # two steps, taken beside the first's second and third
+        await backend.called("generator", 4)  # the first's last step, held
+        assert not first.done()
         backend.release("generator")
-        done, _ = await asyncio.wait({first, late}, return_when=asyncio.FIRST_COMPLETED)
-        assert done == {late}  # two steps, taken beside the first's second and third
         tokens_first = await first
     assert [len(x) for x in backend.inputs("generator")] == [1, 2, 2, 1]
-    assert late.result()[0].tolist() == alone(2, 7, num_steps=2, **plain)  # as if alone
+    assert tokens_late[0].tolist() == alone(2, 7, num_steps=2, **plain)  # as if alone
     assert tokens_first[0].tolist() == alone(0, 1, num_steps=4, **plain)
 
 
 async def test_a_step_beyond_the_max_batch_size_is_chunked_with_the_same_result():
     backend = FakeBackend()
-    settings = dict(num_steps=3, guidance_scale=2.0, guidance_schedule="constant")  # 2 rows per item
+    settings = dict(num_steps=3, guidance_scale=2.0, guidance_schedule="constant")
+    items = ((0, 5), (1, 6), (2, 7), (1, 8), (0, 9))  # one request of 5 items is admitted alone, beyond 4
     async with running(scheduler(backend, max_batch_size=4)) as s:
-        tokens = await s.generate(gens([0, 1, 2], [5, 6, 7], **settings))
-    assert [len(x) for x in backend.inputs("generator")] == [4, 2] * 3
-    assert tokens.tolist() == [alone(c, seed, **settings) for c, seed in ((0, 5), (1, 6), (2, 7))]
+        tokens = await s.generate(gens(*zip(*items, strict=True), **settings))
+    assert [len(x) for x in backend.inputs("generator")] == [4, 1] * 3
+    assert tokens.tolist() == [alone(c, seed, **settings) for c, seed in items]
 
 
 @pytest.mark.parametrize(
@@ -322,7 +337,7 @@ async def test_a_failed_step_fails_every_active_generation(failure, error, caplo
         first = asyncio.create_task(s.generate(gens([0], [1], num_steps=4)))
         await backend.called("generator", 1)
         second = asyncio.create_task(s.generate(gens([1], [2], num_steps=4)))
-        backend.step("generator")
+        backend.let_through("generator")
         await backend.called("generator", 2)  # both in one step now
         backend.failures["generator"] = failure
         with caplog.at_level(logging.ERROR, "titok.scheduler"):
@@ -504,7 +519,7 @@ async def test_a_client_that_leaves_stops_its_generation_before_the_next_step(mo
         r = await client.post("/v1/generate", json={"class_labels": 2, "seed": 3, "num_steps": 2})
         assert r.status_code == 200
         classes = [c.ravel().tolist() for c in backend.inputs("generator", 1)]
-        assert classes[0] == [1, 1, 10, 10]  # the first's only step: 2 items, conditional and null-class rows
+        assert classes[0] == [1, 1]  # the first's only step: 2 items (their null-class rows are the step graph's)
         assert all(1 not in c for c in classes[1:])  # then only the second request's rows
         assert len(backend.inputs("decoder")) == 1 and len(backend.inputs("decoder")[0]) == 1  # the first never decoded
         assert sample(app, "titok_requests_total", route="/v1/generate", method="POST", status="499") == 1

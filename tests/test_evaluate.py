@@ -149,6 +149,7 @@ def test_generation_is_deterministic_and_uses_the_service_sampler(generator, tok
     assert np.isfinite(first["gfid"]) and first["gfid"] >= 0.0
     assert 1.0 <= first["inception_score"] <= 10.0 and 0.0 <= first["class_accuracy"] <= 1.0
     assert first["settings"]["guidance_scale"] == 2.0 and len(first["per_class_accuracy"]) == 10
+    assert first["sampler"] == 2  # the served sampler's version, recorded with the figures
     assert generator.training  # its mode is restored
 
     # the images are exactly the service sampler's tokens (item k: seed 3 + k), decoded

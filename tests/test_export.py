@@ -129,7 +129,7 @@ def test_verify_passes_at_every_batch_size(repo, family):
     _, _, sizes, decoder_sizes = FAMILIES[family]
     seen = {(c["graph"], c["batch"]) for c in report["checks"]}
     for b in sizes:
-        assert {("encoder", b), ("generator", b)} <= seen
+        assert {("encoder", b), ("generator", b), ("step", b)} <= seen
     for b in decoder_sizes or sizes:
         assert {("decoder (float32)", b), ("decoder (uint8)", b)} <= seen
     assert 0.99 <= report["token_agreement"] <= 1.0
@@ -220,7 +220,7 @@ def _configs(folder: Path) -> dict[str, mc.ModelConfig]:
 def test_configs_parse_and_agree_with_their_graphs(repo):
     out, _ = repo
     configs = _configs(out)
-    assert sorted(configs) == sorted(f"{f}_{g}" for f in FAMILIES for g in ("encoder", "decoder", "generator"))
+    assert sorted(configs) == sorted(f"{f}_{g}" for f in FAMILIES for g in ("encoder", "decoder", "generator", "step"))
     for name, config in configs.items():
         assert config.name == name and config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
         assert config.version_policy.latest.num_versions == 1
@@ -291,6 +291,7 @@ def test_manifest_describes_the_family(repo, models, family):
         tcfg.codebook_size,
     )
     assert manifest["mask_id"] == tcfg.codebook_size and manifest["null_class_id"] == gcfg.num_classes
+    assert manifest["sampler"] == 2 and set(manifest["graphs"]) == {"encoder", "decoder", "generator", "step"}
     # the pixel family's generator checkpoint recorded its classes; the in-memory ones record none
     recorded = family == "pixel"
     expected_names = list(FASHION_MNIST_CLASSES) if recorded else [f"class_{i}" for i in range(gcfg.num_classes)]

@@ -1,6 +1,6 @@
 """The manifest: the contract between the exporter, which writes it, and the gateway, which reads it.
 
-A family's manifest says everything the gateway needs about its three graphs, in one JSON file at
+A family's manifest says everything the gateway needs about its graphs, in one JSON file at
 ``<repository>/<family>.manifest.json``. Triton takes only the repository's sub-directories as models
 (``GetDirectorySubdirs`` in triton-inference-server/core drops plain files), so a file beside them is ignored.
 
@@ -15,11 +15,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .sampler import SamplingSettings
+from .sampler import SAMPLER_VERSION, SamplingSettings
 
 MANIFEST_FORMAT = 1
 MANIFEST_SUFFIX = ".manifest.json"
-GRAPHS = ("encoder", "decoder", "generator")
+GRAPHS = ("encoder", "decoder", "generator", "step")  # step: one whole sampling step (sampler version 2)
+SAMPLERS = (SAMPLER_VERSION,)  # the sampler versions this code serves: a seed's tokens differ between versions
 
 
 @dataclass(frozen=True)
@@ -135,8 +136,11 @@ class Manifest:
     export: dict = field(default_factory=dict)  # when and with which tools
     verification: dict | None = None  # the exporter's parity report against PyTorch
     serving: ServingLimits = field(default_factory=ServingLimits)  # limits sized for this family
+    sampler: int = SAMPLER_VERSION  # the sampler the step graph implements (titok_core.sampler)
 
     def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(_sampler_problem(self.sampler))
         if set(self.graphs) != set(GRAPHS):
             raise ValueError(f"a manifest names the graphs {', '.join(GRAPHS)}, not {', '.join(self.graphs)}")
         if len(self.class_names) != self.num_classes:
@@ -168,6 +172,7 @@ class Manifest:
             "null_class_id": self.null_class_id,
             "class_names": list(self.class_names),
             "max_batch_size": self.max_batch_size,
+            "sampler": self.sampler,
             "graphs": {g: self.graphs[g].to_dict() for g in GRAPHS},
             "sampling": asdict(self.sampling),
             "serving": self.serving.to_dict(),
@@ -181,6 +186,9 @@ class Manifest:
         """The manifest of a JSON object; ValueError (with the reason) for one this code cannot serve."""
         if data.get("manifest_format") != MANIFEST_FORMAT:
             raise ValueError(f"manifest_format {data.get('manifest_format')!r} is not {MANIFEST_FORMAT}")
+        sampler = data.get("sampler", 1)  # manifests written before the field are sampler 1's
+        if sampler not in SAMPLERS:  # before the graphs: an older manifest also lacks the step graph
+            raise ValueError(_sampler_problem(sampler))
         try:
             if data["mask_id"] != data["codebook_size"] or data["null_class_id"] != data["num_classes"]:
                 raise ValueError("the mask id and null class must equal the codebook size and class count")
@@ -201,9 +209,20 @@ class Manifest:
                 export=data.get("export") or {},
                 verification=data.get("verification"),
                 serving=ServingLimits.from_dict(data.get("serving") or {}),  # older manifests have none
+                sampler=sampler,
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"missing or malformed field: {e}") from None
+
+
+def _sampler_problem(version) -> str:
+    known = ", ".join(map(str, SAMPLERS))
+    if version == 1:
+        return (
+            f"sampler 1 (a manifest written before the sampler version was recorded) is retired; this gateway "
+            f"serves sampler {known}: re-export the family with `python -m export build`"
+        )
+    return f"sampler {version!r} is not one this gateway knows (it serves sampler {known}): update the gateway"
 
 
 def manifest_path(repo: str | Path, family: str) -> Path:

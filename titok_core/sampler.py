@@ -4,17 +4,22 @@ Vocabulary: ids 0..K-1 are image tokens and K (= codebook_size) is the mask id. 
 C (= num_classes) is the null class of classifier-free guidance. The generator is called as
 ``logits_fn(tokens int64 (B, N), class_ids int64 (B,)) -> logits (B, N, K)``.
 
-A generation advances one step at a time (``build_batch`` -> one generator call -> ``advance``), so a server can
-batch items that are at different steps with different settings; ``generate`` is the lock-step loop.
+A generation advances one step at a time, so a server can batch items that are at different steps with different
+settings: ``step_inputs`` -> one call of a family's step graph -> ``apply`` (the gateway), or ``build_batch`` -> one
+generator call -> ``advance`` (this reference on any generator's logits: evaluation, a backend without the step
+graph); ``generate`` is the lock-step loop.
 
 A variation (``Generation.resume``) starts from an image's tokens with some positions hidden, joins the schedule at
 the step whose hidden count is the nearest at or above its own (``start_step``) and runs the remaining steps; with
 every position hidden it is exactly a fresh generation. Its class may be the null class (unconditional).
 
-Determinism: every item owns a PCG64 generator and, at every step, draws first (N, K) uniforms for sampling and
-then (N,) uniforms for the confidences, whatever its state or batch-mates. The logits are upcast to float64 and
-guidance, annealing, noise and confidences are all computed in float64. So the same seed, class, settings and
-logits give the same tokens alone or in any batch.
+Determinism (sampler version 2): the randomness is counter-based. Every hidden position of every step takes two
+uniforms, one for its token (inverse CDF of softmax(guided / temperature), argmax at temperature 0) and one for its
+confidence noise (Gumbel, times the temperature), each a hash of (seed, step, position, stream) and nothing else. The
+hash is integer arithmetic that stays exact in int64 (32-bit state, products below 2**63, shifts as floor
+division), and the sampling runs in float32 with the same operations in numpy (``sample``, the reference), in
+PyTorch and in the ONNX step graph (``training/sampling.py``). So the same seed, class, settings and logits give the
+same tokens alone or in any batch, on any backend.
 """
 
 from __future__ import annotations
@@ -27,12 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 
 SCHEDULES = ("constant", "linear", "power-cosine")
-_EPS = 1e-20  # clamp inside the Gumbel logs, as the reference does
+SAMPLER_VERSION = 2  # recorded in a manifest: the tokens a seed gives (1: per-item PCG64 streams, retired)
 _COSINE_POWER = 3.0  # exponent p of the power-cosine guidance schedule
 _MASK_STREAM = 0x6D61736B  # mixed into a variation's seed for its mask draw, apart from its sampling stream
 
 LogitsFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Rows = list[tuple[int, int | None]]  # per item: (conditional row, unconditional row or None)
+
+# the inputs of one sampling step, one row per item, in the step graph's order (export/signatures.py)
+STEP_INPUTS = ("tokens", "class_ids", "seeds", "steps", "guidance", "temperature", "annealing", "mask_len")
 
 
 def _non_negative(name: str, value) -> None:
@@ -108,16 +116,110 @@ def strength_mask(strength: float, seed: int, seq_len: int) -> np.ndarray:
     return np.sort(rng.permutation(seq_len)[:count]).astype(np.int64)
 
 
-def _gumbel(u: np.ndarray) -> np.ndarray:
-    return -np.log(np.maximum(-np.log(np.maximum(u, _EPS)), _EPS))
+# ---------------------------------------------------------------------------------------------------
+# Counter-based uniforms: exact in int64, so numpy, PyTorch and ONNX give the same integers
+# ---------------------------------------------------------------------------------------------------
+
+_WORD = 2**32  # the hash's state is one 32-bit word, held in int64
+_HALF = 2**16
+_MUL = (0x2C1B3C6D, 0x297A2D39)  # odd and below 2**31: a state times one stays below 2**63
+_ADD = 0x3C6EF372
+_KEY = 0x6A09E667  # keys seed 0 away from state 0
+_UNIFORM_BITS = 23  # (2m + 1) / 2**24 with m < 2**23 is exact in float32 and lies strictly inside (0, 1)
+
+
+def _square(x):
+    """x * x mod 2**32 from 16-bit halves, so that no product reaches 2**63."""
+    hi, lo = x // _HALF, x % _HALF
+    return (lo * lo + ((2 * lo * hi) % _HALF) * _HALF) % _WORD
+
+
+def _rotate(x):
+    return x // _HALF + (x % _HALF) * _HALF  # the halves swapped
+
+
+def mix(x):
+    """A 32-bit integer hash of ``x`` (int64 in [0, 2**33)), with +, *, // and % only: the squares make it
+    nonlinear (multiply-and-add alone keeps additive differences, and neighbouring counters correlate)."""
+    x = (x * _MUL[0] + _ADD) % _WORD
+    x = (x + _square(_rotate(x))) % _WORD
+    x = (x * _MUL[1]) % _WORD
+    x = (x + _square(_rotate(x))) % _WORD
+    x = (x * _MUL[0]) % _WORD
+    return (x + x // _HALF) % _WORD
+
+
+def row_keys(seeds, steps):
+    """The key of each item's step: seeds and steps (int64, any matching shape, seeds < 2**63) -> [0, 2**32)."""
+    key = mix(seeds % _WORD + _KEY)
+    key = mix(key + seeds // _WORD)
+    return mix(key + steps)
+
+
+def uniforms(keys: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (B, N) uniforms for the tokens (stream 0) and the confidences (stream 1) from keys (B, 1)."""
+    counters = np.arange(2 * seq_len, dtype=np.int64).reshape(1, seq_len, 2)  # (position, stream)
+    bits = mix(mix(keys.reshape(-1, 1, 1) + counters)) // 2 ** (32 - _UNIFORM_BITS)
+    u = (2 * bits + 1).astype(np.float32) / np.float32(2 ** (_UNIFORM_BITS + 1))
+    return u[..., 0], u[..., 1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# One step from logits, for a whole batch (the reference of the step graph)
+# ---------------------------------------------------------------------------------------------------
+
+
+def sample(
+    cond: np.ndarray,
+    uncond: np.ndarray,
+    tokens: np.ndarray,
+    seeds: np.ndarray,
+    steps: np.ndarray,
+    guidance: np.ndarray,
+    temperature: np.ndarray,
+    annealing: np.ndarray,
+    mask_len: np.ndarray,
+) -> np.ndarray:
+    """The tokens (B, N) after one MaskGIT step, from the conditional and null-class logits (B, N, K) float32 and the
+    per-row inputs of ``step_inputs`` ((B, 1) each). Every op is float32 in the order the PyTorch step uses.
+
+    guided = cond + guidance * (cond - uncond), divided by ``annealing``; a hidden position draws its token by
+    inverse CDF of softmax(guided / temperature) (argmax when the temperature is 0) and its confidence is the
+    token's guided logit plus temperature x Gumbel noise; fixed positions keep their token with confidence +inf.
+    Then the ``mask_len`` lowest confidences (ties included) are hidden again; mask_len 0 keeps every token.
+    """
+    f32 = np.float32
+    mask_id = cond.shape[-1]
+    g, t, a = (np.asarray(v, dtype=f32).reshape(-1, 1, 1) for v in (guidance, temperature, annealing))
+    cond, uncond = np.asarray(cond, dtype=f32), np.asarray(uncond, dtype=f32)
+    logits = (cond + g * (cond - uncond)) / a
+    u_token, u_conf = uniforms(row_keys(np.asarray(seeds), np.asarray(steps)), tokens.shape[1])
+    # inverse CDF without dividing by the sum: the first position whose cumulative weight reaches u * total
+    z = logits / np.where(t > 0, t, f32(1))
+    weights = np.exp(z - z.max(axis=-1, keepdims=True))
+    cdf = np.cumsum(weights, axis=-1, dtype=f32)
+    # counted in float32 (exact below 2**24): a float sum is several times faster than an int64 one in ONNX Runtime
+    drawn = (cdf < u_token[..., None] * cdf[..., -1:]).sum(axis=-1, dtype=f32).astype(np.int64)
+    drawn = np.minimum(drawn, mask_id - 1)
+    chosen = np.where(t[..., 0] > 0, drawn, logits.argmax(axis=-1))
+    picked = np.take_along_axis(logits, chosen[..., None], axis=-1)[..., 0]
+    gumbel = -np.log(-np.log(u_conf))
+    hidden = tokens == mask_id
+    confidence = np.where(hidden, picked + t[..., 0] * gumbel, f32(np.inf))
+    sampled = np.where(hidden, chosen, tokens)
+    # like the reference, re-mask every position at or below the mask_len-th smallest confidence
+    mask_len = np.asarray(mask_len, dtype=np.int64).reshape(-1, 1)
+    cutoff = np.take_along_axis(np.sort(confidence, axis=-1), np.maximum(mask_len - 1, 0), axis=-1)
+    remask = (confidence <= cutoff) & (mask_len > 0)
+    return np.where(remask, mask_id, sampled).astype(np.int64)
 
 
 @dataclass
 class Generation:
-    """One item being generated: its tokens, its own random generator and its place in its schedule."""
+    """One item being generated: its tokens, its seed and its place in its schedule."""
 
     tokens: np.ndarray  # (N,) int64; mask_id where still hidden
-    rng: np.random.Generator
+    seed: int
     class_id: int
     settings: SamplingSettings
     mask_id: int  # = codebook_size
@@ -135,15 +237,17 @@ class Generation:
         codebook_size: int,
         num_classes: int,
     ) -> Generation:
-        """A fresh generation: every position masked, random generator PCG64(seed)."""
+        """A fresh generation: every position masked."""
         if isinstance(class_id, bool) or not isinstance(class_id, numbers.Integral) or not 0 <= class_id < num_classes:
             raise ValueError(f"class_id must be an integer in [0, {num_classes}), not {class_id!r}")
         _check_seed(seed)
+        if seed >= 2**63:
+            raise ValueError(f"seed must be below 2**63, not {seed!r}")
         if seq_len < 1 or codebook_size < 1:
             raise ValueError(f"seq_len and codebook_size must be >= 1, not {seq_len} and {codebook_size}")
         return cls(
             tokens=np.full(seq_len, codebook_size, dtype=np.int64),
-            rng=np.random.Generator(np.random.PCG64(int(seed))),
+            seed=int(seed),
             class_id=int(class_id),
             settings=settings,
             mask_id=codebook_size,
@@ -225,61 +329,76 @@ def build_batch(gens: Sequence[Generation]) -> tuple[np.ndarray, np.ndarray, Row
     return tokens, np.asarray(classes, dtype=np.int64), rows
 
 
+def _row_inputs(gen: Generation) -> tuple[float, float, float, int]:
+    """guidance, temperature, annealing and mask_len of ``gen``'s next step (see ``sample``)."""
+    step, total = gen.step, gen.settings.num_steps
+    guidance = 0.0
+    if gen.needs_uncond:  # power-cosine's cfg mixes as uncond + s (cond - uncond) = cond + (s - 1) (cond - uncond)
+        scale = gen.guidance_scale
+        guidance = scale - 1 if gen.settings.guidance_schedule == "power-cosine" else scale
+    ratio = (step + 1) / total
+    temperature = gen.settings.temperature * (1 - ratio)
+    annealing = 0.5 + 0.8 * (1 - ratio) if gen.settings.softmax_annealing else 1.0
+    mask_len = 0  # the last step keeps every token
+    if step < total - 1:
+        n, hidden = gen.tokens.shape[0], int(np.count_nonzero(gen.tokens == gen.mask_id))
+        mask_len = max(1, min(hidden - 1, math.floor(n * (math.acos(ratio) / (math.pi * 0.5)))))
+    return guidance, temperature, annealing, mask_len
+
+
+def step_inputs(gens: Sequence[Generation]) -> tuple[np.ndarray, ...]:
+    """The per-row inputs of one step of ``gens``, in ``STEP_INPUTS`` order: tokens (B, N) int64, then (B, 1) each:
+    class ids, seeds, steps (int64), guidance, temperature, annealing (float32), mask_len (int64)."""
+    if not gens:
+        raise ValueError("a step needs at least one generation")
+    first = gens[0]
+    for gen in gens:
+        if gen.done:
+            raise ValueError("a generation that is already done cannot be advanced")
+        if gen.tokens.shape != first.tokens.shape or gen.mask_id != first.mask_id:
+            raise ValueError("all generations of a batch must share seq_len and codebook_size")
+    rows = [_row_inputs(gen) for gen in gens]
+
+    def column(values, dtype):
+        return np.asarray(values, dtype=dtype).reshape(-1, 1)
+
+    guidance, temperature, annealing, mask_len = zip(*rows, strict=True)
+    return (
+        np.stack([gen.tokens for gen in gens]).astype(np.int64, copy=False),
+        column([gen.class_id for gen in gens], np.int64),
+        column([gen.seed for gen in gens], np.int64),
+        column([gen.step for gen in gens], np.int64),
+        column(guidance, np.float32),
+        column(temperature, np.float32),
+        column(annealing, np.float32),
+        column(mask_len, np.int64),
+    )
+
+
+def apply(gens: Sequence[Generation], tokens: np.ndarray) -> None:
+    """Take a step's output tokens (B, N) into ``gens``, each one step further."""
+    tokens = np.asarray(tokens)
+    if tokens.shape != (len(gens), *gens[0].tokens.shape):
+        raise ValueError(f"a step of {len(gens)} generations returns ({len(gens)}, N) tokens, not {tokens.shape}")
+    for gen, row in zip(gens, tokens, strict=True):
+        gen.tokens = row.astype(np.int64)
+        gen.step += 1
+
+
 def advance(gens: Sequence[Generation], logits: np.ndarray, rows: Rows) -> None:
-    """Apply each item's guidance to its rows of ``logits`` (R, N, K) and take one sampler step per item, in place."""
+    """One step of ``gens`` from the generator's ``logits`` (R, N, K) of ``build_batch``'s rows, in place (the
+    numpy reference of the step graph, for a backend without it and for evaluation)."""
     logits = np.asarray(logits)
     if len(rows) != len(gens):
         raise ValueError(f"{len(gens)} generations but {len(rows)} row entries")
-    for gen, (cond_row, uncond_row) in zip(gens, rows, strict=True):
-        if gen.done:
-            raise ValueError("a generation that is already done cannot be advanced")
-        expected = (gen.tokens.shape[0], gen.mask_id)
-        if logits.ndim != 3 or logits.shape[1:] != expected:
-            raise ValueError(f"logits must have shape (R, {expected[0]}, {expected[1]}), not {logits.shape}")
-        # only the masked positions are sampled: guidance, noise and argmax run on their rows alone (elementwise,
-        # so the result is the same as over all rows); tokens fixed earlier keep their id
-        hidden = np.flatnonzero(gen.tokens == gen.mask_id)
-        guided = cond = logits[cond_row, hidden].astype(np.float64)
-        if uncond_row is not None:
-            uncond = logits[uncond_row, hidden].astype(np.float64)
-            scale = gen.guidance_scale
-            if gen.settings.guidance_schedule == "power-cosine":
-                guided = uncond + scale * (cond - uncond)
-            else:
-                guided = cond + scale * (cond - uncond)
-        _step(gen, hidden, guided)
-
-
-def _step(gen: Generation, hidden: np.ndarray, logits: np.ndarray) -> None:
-    """One MaskGIT step of ``gen`` from the guided logits (len(hidden), K) float64 of its masked positions."""
-    step, total = gen.step, gen.settings.num_steps
-    ratio = (step + 1) / total
-    temperature = gen.settings.temperature * (1 - ratio)
-    if gen.settings.softmax_annealing:
-        logits = logits / (0.5 + 0.8 * (1 - ratio))
-    # both draws happen in full at every step, in this order, so an item's random stream depends on nothing else
-    n, k = gen.tokens.shape[0], gen.mask_id
-    uniforms = gen.rng.random((n, k))
-    confidence_noise = _gumbel(gen.rng.random((n,)))
-
-    chosen = np.argmax(logits + temperature * _gumbel(uniforms[hidden]), axis=-1)
-    sampled = gen.tokens.copy()
-    sampled[hidden] = chosen
-    # the sampled tokens' logits; tokens fixed earlier get +inf so they are never re-masked
-    confidence = np.full(n, np.inf)
-    confidence[hidden] = logits[np.arange(len(hidden)), chosen]
-    confidence += temperature * confidence_noise
-
-    if step == total - 1:
-        gen.tokens = sampled  # the last step keeps every token
-    else:
-        n = sampled.shape[0]
-        mask_len = math.floor(n * (math.acos(ratio) / (math.pi * 0.5)))
-        mask_len = max(1, min(len(hidden) - 1, mask_len))
-        # like the reference, re-mask every position at or below the mask_len-th smallest confidence
-        cutoff = np.sort(confidence)[mask_len - 1]
-        gen.tokens = np.where(confidence <= cutoff, gen.mask_id, sampled).astype(np.int64)
-    gen.step += 1
+    inputs = step_inputs(gens)
+    expected = (gens[0].tokens.shape[0], gens[0].mask_id)
+    if logits.ndim != 3 or logits.shape[1:] != expected:
+        raise ValueError(f"logits must have shape (R, {expected[0]}, {expected[1]}), not {logits.shape}")
+    cond = logits[[c for c, _ in rows]]
+    uncond = logits[[c if u is None else u for c, u in rows]]  # no null-class row: guidance is 0 for that item
+    tokens, _, seeds, steps, guidance, temperature, annealing, mask_len = inputs
+    apply(gens, sample(cond, uncond, tokens, seeds, steps, guidance, temperature, annealing, mask_len))
 
 
 def generate(

@@ -1,4 +1,4 @@
-"""Inference backends: thin adapters that run a family's three graphs (embedded onnxruntime, Triton)."""
+"""Inference backends: thin adapters that run a family's graphs (embedded onnxruntime, Triton)."""
 
 from collections.abc import Callable
 from pathlib import Path

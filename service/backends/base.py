@@ -1,4 +1,4 @@
-"""The backend interface: three graphs in, arrays out; batching, validation and metrics live above it."""
+"""The backend interface: a family's graphs in, arrays out; batching, validation and metrics live above it."""
 
 from abc import ABC, abstractmethod
 
@@ -26,6 +26,11 @@ class Backend(ABC):
     @abstractmethod
     async def logits(self, tokens: np.ndarray, class_ids: np.ndarray, request_id: str = "") -> np.ndarray:
         """int64 (B, N) tokens (mask id where hidden) and int64 (B,) class ids -> float32 (B, N, K) logits."""
+
+    @abstractmethod
+    async def step(self, inputs: tuple[np.ndarray, ...], request_id: str = "") -> np.ndarray:
+        """One MaskGIT step of B generations on the step graph: ``titok_core.sampler.step_inputs`` -> int64 (B, N)
+        next tokens (the null-class rows, guidance and sampling all happen in the graph)."""
 
     @abstractmethod
     async def ready(self) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from titok_core.manifest import Manifest
+from titok_core.manifest import GRAPHS, Manifest
 
 from ..errors import BackendUnavailable, ConfigurationError
 from .base import Backend
@@ -46,7 +46,7 @@ def _provider_name(provider) -> str:
 
 
 class EmbeddedBackend(Backend):
-    """The family's three ONNX files on onnxruntime: TensorRT or CUDA when a GPU is there, else the CPU."""
+    """The family's ONNX files on onnxruntime: TensorRT or CUDA when a GPU is there, else the CPU."""
 
     name = "embedded"
 
@@ -114,8 +114,11 @@ class EmbeddedBackend(Backend):
     async def logits(self, tokens: np.ndarray, class_ids: np.ndarray, request_id: str = "") -> np.ndarray:
         return await self._run("generator", tokens, class_ids.reshape(-1, 1))
 
+    async def step(self, inputs: tuple[np.ndarray, ...], request_id: str = "") -> np.ndarray:
+        return await self._run("step", *inputs)
+
     async def ready(self) -> bool:
-        return not self._closed and len(self._sessions) == 3
+        return not self._closed and len(self._sessions) == len(GRAPHS)
 
     async def close(self) -> None:
         self._closed = True

@@ -1,4 +1,5 @@
-"""The Triton backend: the family's three models on a Triton Inference Server, over async gRPC.
+"""The Triton backend: the family's models on a Triton Inference Server, over async gRPC (the generation step too:
+Triton serves the fused step graph like the others, so sampling runs where the generator runs).
 
 Triton's answers become the gateway's typed errors: its bounded queue's "Exceeds maximum queue size" a 429, a
 deadline (ours or Triton's) a 504, anything else (connection refused or lost, a model not loaded) a 503. The gRPC
@@ -38,7 +39,7 @@ def service_error(e: InferenceServerException, model: str) -> ServiceError:
 
 
 class TritonBackend(Backend):
-    """A family's encoder, decoder and generator on Triton; names of models and tensors come from the manifest."""
+    """A family's encoder, decoder, generator and step models on Triton; model and tensor names from the manifest."""
 
     name = "triton"
     remote = True
@@ -113,6 +114,9 @@ class TritonBackend(Backend):
 
     async def logits(self, tokens: np.ndarray, class_ids: np.ndarray, request_id: str = "") -> np.ndarray:
         return await self._infer("generator", (tokens, class_ids.reshape(-1, 1)), request_id)
+
+    async def step(self, inputs: tuple[np.ndarray, ...], request_id: str = "") -> np.ndarray:
+        return await self._infer("step", inputs, request_id)
 
     async def ready(self) -> bool:
         """Triton's server and model readiness, asked with a short timeout and remembered for a second."""

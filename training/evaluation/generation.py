@@ -1,6 +1,7 @@
 """Generation: samples per class from the served MaskGIT sampler, decoded, scored by gFID, IS and class accuracy.
 
-The sampler is ``titok_core.sampler``, the one the gateway runs: what we measure is what we serve.
+The sampler is ``titok_core.sampler`` (version 2, the numpy reference of the gateway's step graph, on the PyTorch
+generator's logits): what we measure is what we serve.
 """
 
 import dataclasses
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from titok_core.sampler import SamplingSettings, generate
+from titok_core.sampler import SAMPLER_VERSION, SamplingSettings, generate
 
 from ..inference import device_of, eval_mode
 from ..metrics import codebook_usage, inception_score
@@ -86,6 +87,7 @@ def evaluate_generation(
         "num_per_class": num_per_class,
         "seed": seed,
         "settings": dataclasses.asdict(settings),
+        "sampler": SAMPLER_VERSION,  # the served sampler's version: seeded samples differ between versions
         "gfid": fid_from_features(classify(classifier, real_images, batch_size)[0], feats),
         "inception_score": inception_score(softmax(logits)),
         "class_accuracy": float(hits.mean()),
