@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import socket
 import time
 
@@ -69,6 +70,64 @@ def b64(data: bytes) -> str:
 def test_headers_over_the_limit_are_431_json(door):
     assert raw(door.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n") == 431
     assert raw(door.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", [b"X-A: b\r\n"] * 1000) == 431
+
+
+def answers(port: int, pieces: list[bytes], expected: int, gap_s: float = 0.05) -> list[bytes]:
+    """Send ``pieces`` on one connection, ``gap_s`` apart (so that the gateway reads them apart), then read until
+    ``expected`` answers' status lines came or the gateway closed; those status lines."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    got = b""
+    try:
+        for piece in pieces:
+            try:
+                s.sendall(piece)
+            except OSError:  # refused and closed before the rest
+                break
+            time.sleep(gap_s)
+        while got.count(b"HTTP/1.1 ") < expected and (chunk := s.recv(65536)):
+            got += chunk
+    finally:
+        s.close()
+    return re.findall(rb"HTTP/1\.1 \d\d\d[^\r]*", got)
+
+
+def test_the_header_limit_is_exact_in_one_piece_split_and_after_a_first_request(door):
+    def head(size: int) -> bytes:
+        start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    assert len(head(4096)) == 4096
+    assert answers(door.port, [head(4096)], 1) == [b"HTTP/1.1 200 OK"]
+    assert answers(door.port, [head(4097)], 1) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+    # the blank line split between two reads, and a request line that begins byte by byte
+    assert answers(door.port, [head(4096)[:-3], head(4096)[-3:]], 1) == [b"HTTP/1.1 200 OK"]
+    assert answers(door.port, [head(4097)[:-3], head(4097)[-3:]], 1)[-1].startswith(b"HTTP/1.1 431")
+    assert answers(door.port, [b"G", b"E", head(4097)[2:]], 1)[-1].startswith(b"HTTP/1.1 431")
+    # on a kept-alive connection, the second request is counted from its own first byte
+    statuses = answers(door.port, [head(4000), head(4000), head(4097)], 3, gap_s=0.2)
+    assert statuses[:2] == [b"HTTP/1.1 200 OK"] * 2 and statuses[2].startswith(b"HTTP/1.1 431"), statuses
+
+
+def test_pipelined_requests_are_answered_in_order(door):
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert answers(door.port, [get * 3], 3) == [b"HTTP/1.1 200 OK"] * 3
+
+
+def test_chunked_bodies_with_trailers_and_split_chunks_are_read_and_long_trailers_are_431(door):
+    body = json.dumps({"tokens": [[0] * 32]}).encode()
+    head = (
+        b"POST /v1/detokenize HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    size = b"%x\r\n" % len(body)
+    # a chunk's size line and its data in two reads (the data is not taken for trailers), then a short trailer
+    pieces = [head, size, body + b"\r\n", b"0\r\n", b"X-Checksum: 1\r\n", b"\r\n"]
+    assert answers(door.port, pieces, 1) == [b"HTTP/1.1 200 OK"]
+    # trailers that never end: refused at the header limit, long before the body's read timeout
+    pieces = [head, size + body + b"\r\n", b"0\r\n", *[b"X-A: " + b"b" * 500 + b"\r\n"] * 12]
+    assert answers(door.port, pieces, 1)[-1].startswith(b"HTTP/1.1 431")
+    pieces = [head, size + body + b"\r\n", b"0\r\nX-Long: ", *[b"c" * 1000] * 6]
+    assert answers(door.port, pieces, 1)[-1].startswith(b"HTTP/1.1 431")
 
 
 def test_late_headers_an_idle_socket_and_a_slow_body_are_408(door):
