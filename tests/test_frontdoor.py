@@ -208,6 +208,22 @@ def test_413_carries_cors_headers_and_a_refused_preflight_is_json(client):
     error_of(pre, 400, "invalid_request")
 
 
+def test_tokenize_and_detokenize_check_the_key_then_the_media_type_then_the_body(door, client):
+    # the two routes call their checks themselves (service/routes.py): the order FastAPI's declared ones had
+    for path in ("/v1/tokenize", "/v1/detokenize"):
+        error_of(
+            httpx.post(door.url + path, content=b"<x/>", headers={"content-type": "text/plain"}), 401, "unauthorized"
+        )
+        error_of(
+            client.post(path, content=b"<x/>", headers={"content-type": "text/plain"}), 415, "unsupported_media_type"
+        )
+        error_of(
+            client.post(path, content=b'{"x": [', headers={"content-type": "application/json"}), 422, "validation_error"
+        )
+    raw_png = client.post("/v1/detokenize", json={"tokens": [[0] * 32]}, headers={"accept": "image/png"})
+    assert raw_png.status_code == 200 and raw_png.content.startswith(b"\x89PNG")
+
+
 def test_metrics_need_the_key_when_the_setting_says_so(door, client):
     error_of(httpx.get(door.url + "/metrics"), 401, "unauthorized")
     assert client.get("/metrics").status_code == 200
