@@ -20,6 +20,7 @@ from PIL import Image
 from bench.hostile import png, raw
 from service.errors import Overloaded
 from service.images import decode_base64
+from service.protocol import _OneSend
 from tests.conftest import FAMILY, Gateway
 from tests.test_engine import app_on_fake, assert_error, until
 from titok_core.images import _on_black, preprocess, to_rgb
@@ -381,3 +382,35 @@ def test_the_strip_wise_conversion_equals_one_alpha_composite():
     whole = np.asarray(Image.alpha_composite(black, img).convert("RGB"))
     assert np.array_equal(np.asarray(to_rgb(img)), whole)
     assert np.array_equal(_on_black(img), whole)
+
+
+# -- one send per turn of the event loop (service/protocol.py) ------------------------------------------
+
+
+def test_writes_in_one_turn_leave_in_one_send_in_order_and_before_a_close():
+    async def scenario() -> tuple[bytes, list[int]]:
+        ours, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        sends: list[int] = []
+        write = transport.write
+        transport.write = lambda data: (sends.append(len(data)), write(data))  # type: ignore[method-assign]
+        out = _OneSend(transport, loop)
+        out.write(b"head;")
+        out.write(b"body;")  # same turn: one send with the head
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        out.write(b"small;")
+        out.write(b"L" * 70_000)  # large: what is held leaves first, then it, uncopied
+        out.write(b"last")
+        out.close()  # what is held leaves before the close
+        theirs.settimeout(5)
+        got = b""
+        while chunk := await loop.run_in_executor(None, theirs.recv, 1 << 20):
+            got += chunk
+        theirs.close()
+        return got, sends
+
+    got, sends = asyncio.run(scenario())
+    assert got == b"head;body;small;" + b"L" * 70_000 + b"last"
+    assert sends == [10, 6, 70_000, 4]
