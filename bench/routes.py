@@ -233,13 +233,15 @@ async def _measure(repo: str, levels: list[int], duration: float, warmup: float,
                             f"{route} c={c}: graphs, engine, HTTP " + ", ".join(f"{r:.1f}" for r in rates),
                             file=sys.stderr,
                         )
-        images = []  # generated images, whose PNG encoding is timed for the generate stages
+        images: list = []  # generated images, whose PNG encoding is timed for the generate stages
         if "generate" in routes:
             images = (await model.generate([1] * max(levels), list(range(max(levels))), model.sampling()))[1]
     finally:
         gateway.close()
         await registry.close()
-    png_s = median_seconds(lambda: [encode_image(im, "png") for im in images], 1, 5) / len(images) if images else 0.0
+    png_s = 0.0
+    if len(images):
+        png_s = median_seconds(lambda: [encode_image(im, "png") for im in images], 1, 5) / len(images)
     medians = {key: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for key, rs in runs.items()}
     for key, rs in runs.items():  # errors are counted over the rounds, not a median
         medians[key]["errors"] = sum(r.get("errors", 0) for r in rs)
