@@ -393,7 +393,13 @@ def cases() -> list[Case]:
         Case("a 4096x4096 16-bit grey PNG", lambda c: _tokenize(c, [grey16()]), {200}),
         Case("a 4096x4096 JPEG", lambda c: _tokenize(c, [jpeg(4096, 4096)]), {200}),
         Case("64 PNGs of 1x100,000 in one request", lambda c: _tokenize(c, [png(1, 100_000, "L")] * 64), {200}),
-        Case("headers dripped a byte at a time", lambda c: raw(c.port, b"G", [b"E"] * 20, drip_s=0.25), {408}),
+        Case(
+            "headers dripped a byte at a time",
+            lambda c: raw(c.port, b"G", [bytes([b]) for b in b"ET /healthz HTTP/1.1\r\nHost: x\r\n"], drip_s=0.25),
+            {408},
+        ),
+        # the parser refuses a method that cannot be one at its first wrong byte, before the read timeout
+        Case("a bad method dripped a byte at a time", lambda c: raw(c.port, b"G", [b"E"] * 20, drip_s=0.25), {400}),
         Case(
             "a 32 MB header",
             lambda c: raw(c.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", [b"a" * (1 << 20)] * 32),
@@ -402,6 +408,15 @@ def cases() -> list[Case]:
         Case(
             "100,000 headers",
             lambda c: raw(c.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", [b"X-A: b\r\n" * 1000] * 100),
+            {431},
+        ),
+        Case(
+            "a 32 MB trailer after a chunked body",
+            lambda c: raw(
+                c.port,
+                post(c.port, g, b"")[:-2].replace(b"Content-Length: 0\r\n", chunked) + b"\r\n",
+                [b"1\r\n{\r\n0\r\nX-Big: ", *[b"a" * (1 << 20)] * 32],
+            ),
             {431},
         ),
         Case("3,000 idle connections", _connection_flood),

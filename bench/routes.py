@@ -208,7 +208,7 @@ async def http_point(gateway: _Gateway, route: str, body, concurrency: int, dura
     return point
 
 
-async def _measure(repo: str, levels: list[int], duration: float, warmup: float, rounds: int) -> dict:
+async def _measure(repo: str, levels: list[int], duration: float, warmup: float, rounds: int, routes=ROUTES) -> dict:
     registry = Registry.load(Settings(model_repository=repo), Metrics())
     model = registry.get(None)
     bodies = _bodies(model)
@@ -220,7 +220,7 @@ async def _measure(repo: str, levels: list[int], duration: float, warmup: float,
             # rounds of every point, interleaved: a neighbour's load on the shared cores then weighs on the three
             # columns alike, and the median of the rounds is reported
             for _ in range(rounds):
-                for route in ROUTES:
+                for route in routes:
                     for c in levels:
                         runs["graphs", route, c].append(graphs_alone(model, route, c, duration))
                         # a generation at concurrency 32 takes seconds: its window holds several of them
@@ -233,21 +233,26 @@ async def _measure(repo: str, levels: list[int], duration: float, warmup: float,
                             f"{route} c={c}: graphs, engine, HTTP " + ", ".join(f"{r:.1f}" for r in rates),
                             file=sys.stderr,
                         )
-        images = (await model.generate([1] * max(levels), list(range(max(levels))), model.sampling()))[1]
+        images: list = []  # generated images, whose PNG encoding is timed for the generate stages
+        if "generate" in routes:
+            images = (await model.generate([1] * max(levels), list(range(max(levels))), model.sampling()))[1]
     finally:
         gateway.close()
         await registry.close()
-    png_s = median_seconds(lambda: [encode_image(im, "png") for im in images], 1, 5) / len(images)
+    png_s = 0.0
+    if len(images):
+        png_s = median_seconds(lambda: [encode_image(im, "png") for im in images], 1, 5) / len(images)
     medians = {key: {k: float(np.median([r[k] for r in rs])) for k in rs[0]} for key, rs in runs.items()}
     for key, rs in runs.items():  # errors are counted over the rounds, not a median
         medians[key]["errors"] = sum(r.get("errors", 0) for r in rs)
-    return {"rates": medians, "png_s": png_s, "graphs_s": 1 / medians["graphs", "generate", max(levels)]["rps"]}
+    graphs = medians.get(("graphs", "generate", max(levels)))
+    return {"rates": medians, "png_s": png_s, "graphs_s": 1 / graphs["rps"] if graphs else None}
 
 
-def measure(repo: str, levels: list[int], duration: float, warmup: float, rounds: int) -> dict:
+def measure(repo: str, levels: list[int], duration: float, warmup: float, rounds: int, routes=ROUTES) -> dict:
     """Every figure of the tables, in one run: rates[(where, route, c)] (medians of the rounds) and the generate
     stage times."""
-    return asyncio.run(_measure(repo, levels, duration, warmup, rounds))
+    return asyncio.run(_measure(repo, levels, duration, warmup, rounds, routes))
 
 
 def _bodies(model) -> dict:
@@ -260,14 +265,14 @@ def _bodies(model) -> dict:
     }
 
 
-def tables(figures: dict, levels: list[int]) -> list[str]:
+def tables(figures: dict, levels: list[int], routes=ROUTES) -> list[str]:
     rates = figures["rates"]
     lines = [
         "| route | concurrency | graphs alone (images/s) | engine (req/s) | HTTP (req/s) | engine / graphs "
         "| HTTP / graphs | engine p50 ms | HTTP p50 ms | HTTP errors |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for route in ROUTES:
+    for route in routes:
         for c in levels:
             g, e, h = (rates[where, route, c] for where in ("graphs", "engine", "http"))
             lines.append(
@@ -282,10 +287,12 @@ def tables(figures: dict, levels: list[int]) -> list[str]:
         "| route | concurrency | graphs alone CPU ms | engine CPU ms | HTTP CPU ms | graphs / HTTP |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for route in ROUTES:
+    for route in routes:
         for c in levels:
             g, e, h = (1000 * rates[where, route, c]["cpu_s"] for where in ("graphs", "engine", "http"))
             lines.append(f"| {route} | {c} | {g:.2f} | {e:.2f} | {h:.2f} | {g / h:.0%} |")
+    if "generate" not in routes:
+        return lines
     c = max(levels)
     engine = rates["engine", "generate", c]
     total, engine_s = 1 / rates["http", "generate", c]["rps"], 1 / engine["rps"]
@@ -322,12 +329,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=2.0, help="measured seconds per point")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each point")
     p.add_argument("--rounds", type=int, default=3, help="rounds of every point (their median is reported)")
+    p.add_argument("--routes", default=",".join(ROUTES), help="the routes measured (generate's take longest)")
     return p
 
 
 def report(args) -> str:
     levels = [int(c) for c in args.concurrency.split(",")]
-    return "\n".join(tables(measure(args.repo, levels, args.duration, args.warmup, args.rounds), levels))
+    routes = tuple(r for r in ROUTES if r in args.routes.split(","))
+    figures = measure(args.repo, levels, args.duration, args.warmup, args.rounds, routes)
+    return "\n".join(tables(figures, levels, routes))
 
 
 def main(argv=None) -> int:

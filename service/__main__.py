@@ -55,9 +55,8 @@ def main() -> int:
         log_config=None,
         access_log=False,
         lifespan="on",
-        http=guarded_protocol(settings),  # h11 with the connection, header and read limits (service/protocol.py)
+        http=guarded_protocol(settings),  # httptools with the connection, header and read limits (service/protocol.py)
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
-        h11_max_incomplete_event_size=2 * settings.max_header_bytes,  # a backstop behind the protocol's own 431
     )
     server = uvicorn.Server(config)
     server.run()

@@ -57,7 +57,8 @@ class RequestContext:
 
         head = scope["method"] == "HEAD"
         if head:  # HEAD wherever GET is allowed: the GET answer without its body
-            scope["method"] = "GET"
+            # a copy: the server's own scope must still say HEAD (uvicorn's httptools protocol then expects no body)
+            scope = {**scope, "method": "GET"}
         error_start: dict | None = None
         error_sent = False
 

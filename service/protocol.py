@@ -1,24 +1,28 @@
-"""The served port's own limits: uvicorn's h11 protocol with the guards uvicorn lacks.
+"""The served port's own limits: uvicorn's httptools protocol with the guards uvicorn lacks.
 
-uvicorn itself enforces the keep-alive timeout (``timeout_keep_alive``) and, through h11, a bound on a request's
-unparsed bytes (``h11_max_incomplete_event_size``, answered as a bare text 400). It has no header read timeout, no
-header size answer of its own, and its ``limit_concurrency`` still holds every extra connection open (its file
+httptools (llhttp, in C) parses a request several times faster than h11, uvicorn's pure-Python parser, which
+matters when a small request's whole cost is a few milliseconds. It bounds nothing by itself: no header size, no
+header read timeout, and uvicorn's ``limit_concurrency`` still holds every extra connection open (its file
 descriptor) to answer 503. This subclass adds, per connection:
 
 - a cap on open connections: one over it is answered 429 (JSON, ``Connection: close``) and closed at once, so a
   flood of idle connections cannot take every file descriptor;
-- 431 (JSON) when the request line and headers exceed ``max_header_bytes``;
+- 431 (JSON) when the request line and headers exceed ``max_header_bytes``, and when the trailers of a chunked body
+  do (httptools gathers a header's bytes until it ends: unbounded, they would grow memory and copying);
 - 408 (JSON) when the headers are not complete within ``read_timeout_s`` (a body is timed by the gateway's body
   guard, service/middleware.py);
-- its own malformed-request answers (uvicorn's text 400) in the one JSON error shape.
+- its own malformed-request answers (uvicorn's text 400) in the one JSON error shape;
+- one send for what is written in one turn of the event loop (an answer's head and body), not one per write.
+
+uvicorn itself enforces the keep-alive timeout (``timeout_keep_alive``).
 """
 
 import asyncio
 import json
 import resource
+import sys
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import Settings
 
@@ -45,8 +49,43 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-def guarded_protocol(settings: Settings) -> type[H11Protocol]:
-    """The h11 protocol class for ``uvicorn.run(http=...)`` with ``settings``' connection limits."""
+class _OneSend:
+    """A connection's transport whose writes made in one turn of the event loop leave in one send: uvicorn writes an
+    answer's head and body apart, and two sends cost a second packet and, on one machine, a second wake-up of the
+    client (measured: the head's send was the event loop's largest single cost for a small answer). A large write
+    leaves at once, uncopied, after what is held."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport, self._loop = transport, loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if len(data) >= 65536:
+            self.flush()
+            self._transport.write(data)
+            return
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(data)
+
+    def flush(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held = []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str):  # everything else is the transport's
+        return getattr(self._transport, name)
+
+
+def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
+    """The httptools protocol class for ``uvicorn.run(http=...)`` with ``settings``' connection limits."""
+    limit = settings.max_header_bytes
     too_many = _answer(
         429,
         b"Too Many Requests",
@@ -58,13 +97,27 @@ def guarded_protocol(settings: Settings) -> type[H11Protocol]:
         431,
         b"Request Header Fields Too Large",
         "headers_too_large",
-        f"the request line and headers are over the limit of {settings.max_header_bytes} bytes",
+        f"the request line and headers are over the limit of {limit} bytes",
+    )
+    trailers_too_large = _answer(
+        431,
+        b"Request Header Fields Too Large",
+        "headers_too_large",
+        f"the trailers of the chunked body are over the limit of {limit} bytes",
     )
     too_slow = _answer(408, b"Request Timeout", "request_timeout", "the request headers were not received in time")
 
-    class GuardedH11Protocol(H11Protocol):
+    class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _refused = False
         _header_timer: asyncio.TimerHandle | None = None
+        # the request being read, as the parser reports it: "idle" before its first byte, "head" (request line and
+        # headers), "body" (from the end of the headers to the end of the request)
+        _phase = "idle"
+        _section = 0  # bytes of the header section being read (a head, or trailers) in the reads before this one
+        _tail = b""  # its last bytes: a blank line may be split between two reads
+        _ended = 0  # requests read to their end
+        _chunks = 0  # chunk headers of the body being read
+        _chunk_empty = False  # the last chunk header has had no data yet: size 0 (trailers follow) or data to come
 
         def connection_made(self, transport) -> None:
             if len(self.server_state.connections) >= settings.max_connections:
@@ -74,6 +127,7 @@ def guarded_protocol(settings: Settings) -> type[H11Protocol]:
                 transport.close()
                 return
             super().connection_made(transport)
+            self.transport = _OneSend(transport, self.loop)  # type: ignore[assignment]
             self._await_headers()
 
         def connection_lost(self, exc) -> None:
@@ -85,20 +139,65 @@ def guarded_protocol(settings: Settings) -> type[H11Protocol]:
         def data_received(self, data: bytes) -> None:
             if self._refused or self.transport.is_closing():
                 return
-            if self.conn.their_state is h11.IDLE:  # still reading a request line and headers
-                # what h11 holds (under max_header_bytes, else refused before) and what came: the header section's
-                # size, up to its blank line, whether it arrives in one piece or byte by byte
-                buffered = self.conn.trailing_data[0] + data
-                end = buffered.find(b"\r\n\r\n")
-                if (len(buffered) if end < 0 else end + 4) > settings.max_header_bytes:
+            in_head, window = self._phase != "body", b""
+            if in_head:
+                # what came before and what came now: the header section's size, up to its blank line, whether it
+                # arrives in one piece or byte by byte (checked before the parser gathers it)
+                window = self._tail + data
+                end = window.find(b"\r\n\r\n")
+                if self._section + (len(data) if end < 0 else end + 4 - len(self._tail)) > limit:
                     return self._refuse(headers_too_large)
                 self._await_headers()
+            maybe_trailers, ended, chunks = self._in_last_chunk(), self._ended, self._chunks
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE:  # the headers are in
+            if self._ended != ended:
+                # a request ended in this read; a next one begun in it (pipelined) is counted from the next read:
+                # the parser does not say where it began, and the read is bounded (and in memory) anyway
+                self._section, self._tail = 0, b""
+            elif self._phase == "head":  # the same head goes on
+                self._section, self._tail = self._section + len(data), window[-3:]
+            elif in_head:  # the head ended in this read
+                self._section, self._tail = 0, b""
+            elif maybe_trailers and self._chunks == chunks and self._in_last_chunk():
+                # a whole read after a chunk header and none of it data: that chunk had size 0, these are trailers
+                self._section += len(data)
+                if self._section > limit:
+                    return self._refuse(trailers_too_large)
+            if self._phase != "head":
                 self._stop_header_timer()
 
+        # the parser's callbacks: where the request being read is
+        def on_message_begin(self) -> None:
+            self._phase = "head"
+            super().on_message_begin()
+
+        def on_headers_complete(self) -> None:
+            self._phase, self._chunks = "body", 0
+            super().on_headers_complete()
+
+        def on_chunk_header(self) -> None:
+            self._chunks += 1
+            self._chunk_empty = True
+
+        def on_body(self, body: bytes) -> None:
+            self._chunk_empty = False
+            super().on_body(body)
+
+        def on_chunk_complete(self) -> None:
+            self._chunk_empty = False
+
+        def on_message_complete(self) -> None:
+            self._phase, self._ended = "idle", self._ended + 1
+            super().on_message_complete()
+
+        def _in_last_chunk(self) -> bool:
+            return self._phase == "body" and self._chunk_empty
+
         def send_400_response(self, msg: str) -> None:
-            self._refuse(_answer(400, b"Bad Request", "invalid_request", f"invalid HTTP request: {msg}"))
+            # uvicorn calls this while handling the parser's error, whose own message says more than ``msg``
+            error = sys.exc_info()[1]
+            detail = str(error) if error is not None and str(error) else msg
+            self._refuse(_answer(400, b"Bad Request", "invalid_request", f"invalid HTTP request: {detail}"))
 
         def _refuse(self, answer: bytes) -> None:
             self._stop_header_timer()
@@ -117,7 +216,7 @@ def guarded_protocol(settings: Settings) -> type[H11Protocol]:
 
         def _headers_late(self) -> None:
             self._header_timer = None
-            if self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete):
+            if self._phase != "body" and (self.cycle is None or self.cycle.response_complete):
                 self._refuse(too_slow)
 
-    return GuardedH11Protocol
+    return GuardedHttpToolsProtocol

@@ -5,7 +5,7 @@ What a route needs comes from ``app.state`` through the dependencies of ``servic
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
@@ -15,8 +15,11 @@ from .dependencies import (
     MetricsDep,
     ServingDep,
     accepted_image,
+    get_call,
+    get_serving,
     json_body,
     json_schema,
+    parse_json,
     read_uploads,
     read_variation,
     require_json,
@@ -87,35 +90,38 @@ async def list_models(serving: ServingDep) -> ModelList:
     return serving.models()
 
 
+# tokenize and detokenize, the small requests, call their dependencies themselves, in the order FastAPI would:
+# FastAPI's solving of each declared dependency (a recursion over its parameters, cookies included) cost more of a
+# request's time on the event loop than the dependency's own work (bench/routes.py, docs/benchmarks.md)
+
+
 @router.post(
     "/v1/tokenize",
-    dependencies=[_KEY],
     responses=_ERRORS,
     response_model=TokenizeResponse,
     openapi_extra=_TOKENIZE_BODY,
     summary="Images to token ids (JSON base64 list or multipart `files`)",
 )
-async def tokenize(
-    uploads: Annotated[tuple[str | None, list[bytes]], Depends(read_uploads)], serving: ServingDep, call: CallDep
-) -> Response:
-    name, blobs = uploads
+async def tokenize(request: Request) -> Response:
+    await require_key(request)
+    name, blobs = await read_uploads(request)
+    serving, call = await get_serving(request), await get_call(request)
     return _json(await serving.tokenize(name, blobs, call))
 
 
 @router.post(
     "/v1/detokenize",
-    dependencies=[_KEY, _JSON],
     responses={**_ERRORS, 200: {"content": {t: {} for t in imaging.MEDIA_TYPES.values()}}},
     response_model=DetokenizeResponse,
     openapi_extra=json_schema(DetokenizeRequest),
     summary="Token ids to images (a single sequence with `Accept: image/png` returns the raw image)",
 )
-async def detokenize(
-    body: Annotated[DetokenizeRequest, Depends(json_body(DetokenizeRequest))],
-    accepted: Annotated[str | None, Depends(accepted_image)],
-    serving: ServingDep,
-    call: CallDep,
-) -> Response:
+async def detokenize(request: Request) -> Response:
+    await require_key(request)
+    await require_json(request)
+    body = await parse_json(DetokenizeRequest, await request.body())
+    accepted = await accepted_image(request)
+    serving, call = await get_serving(request), await get_call(request)
     answer = await serving.detokenize(body, accepted, call)
     if isinstance(answer, RawImage):
         return Response(answer.data, media_type=answer.media_type)

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import socket
 import time
 
@@ -19,6 +20,7 @@ from PIL import Image
 from bench.hostile import png, raw
 from service.errors import Overloaded
 from service.images import decode_base64
+from service.protocol import _OneSend
 from tests.conftest import FAMILY, Gateway
 from tests.test_engine import app_on_fake, assert_error, until
 from titok_core.images import _on_black, preprocess, to_rgb
@@ -69,6 +71,64 @@ def b64(data: bytes) -> str:
 def test_headers_over_the_limit_are_431_json(door):
     assert raw(door.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n") == 431
     assert raw(door.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", [b"X-A: b\r\n"] * 1000) == 431
+
+
+def answers(port: int, pieces: list[bytes], expected: int, gap_s: float = 0.05) -> list[bytes]:
+    """Send ``pieces`` on one connection, ``gap_s`` apart (so that the gateway reads them apart), then read until
+    ``expected`` answers' status lines came or the gateway closed; those status lines."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    got = b""
+    try:
+        for piece in pieces:
+            try:
+                s.sendall(piece)
+            except OSError:  # refused and closed before the rest
+                break
+            time.sleep(gap_s)
+        while got.count(b"HTTP/1.1 ") < expected and (chunk := s.recv(65536)):
+            got += chunk
+    finally:
+        s.close()
+    return re.findall(rb"HTTP/1\.1 \d\d\d[^\r]*", got)
+
+
+def test_the_header_limit_is_exact_in_one_piece_split_and_after_a_first_request(door):
+    def head(size: int) -> bytes:
+        start = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    assert len(head(4096)) == 4096
+    assert answers(door.port, [head(4096)], 1) == [b"HTTP/1.1 200 OK"]
+    assert answers(door.port, [head(4097)], 1) == [b"HTTP/1.1 431 Request Header Fields Too Large"]
+    # the blank line split between two reads, and a request line that begins byte by byte
+    assert answers(door.port, [head(4096)[:-3], head(4096)[-3:]], 1) == [b"HTTP/1.1 200 OK"]
+    assert answers(door.port, [head(4097)[:-3], head(4097)[-3:]], 1)[-1].startswith(b"HTTP/1.1 431")
+    assert answers(door.port, [b"G", b"E", head(4097)[2:]], 1)[-1].startswith(b"HTTP/1.1 431")
+    # on a kept-alive connection, the second request is counted from its own first byte
+    statuses = answers(door.port, [head(4000), head(4000), head(4097)], 3, gap_s=0.2)
+    assert statuses[:2] == [b"HTTP/1.1 200 OK"] * 2 and statuses[2].startswith(b"HTTP/1.1 431"), statuses
+
+
+def test_pipelined_requests_are_answered_in_order(door):
+    get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert answers(door.port, [get * 3], 3) == [b"HTTP/1.1 200 OK"] * 3
+
+
+def test_chunked_bodies_with_trailers_and_split_chunks_are_read_and_long_trailers_are_431(door):
+    body = json.dumps({"tokens": [[0] * 32]}).encode()
+    head = (
+        b"POST /v1/detokenize HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    size = b"%x\r\n" % len(body)
+    # a chunk's size line and its data in two reads (the data is not taken for trailers), then a short trailer
+    pieces = [head, size, body + b"\r\n", b"0\r\n", b"X-Checksum: 1\r\n", b"\r\n"]
+    assert answers(door.port, pieces, 1) == [b"HTTP/1.1 200 OK"]
+    # trailers that never end: refused at the header limit, long before the body's read timeout
+    pieces = [head, size + body + b"\r\n", b"0\r\n", *[b"X-A: " + b"b" * 500 + b"\r\n"] * 12]
+    assert answers(door.port, pieces, 1)[-1].startswith(b"HTTP/1.1 431")
+    pieces = [head, size + body + b"\r\n", b"0\r\nX-Long: ", *[b"c" * 1000] * 6]
+    assert answers(door.port, pieces, 1)[-1].startswith(b"HTTP/1.1 431")
 
 
 def test_late_headers_an_idle_socket_and_a_slow_body_are_408(door):
@@ -147,6 +207,22 @@ def test_413_carries_cors_headers_and_a_refused_preflight_is_json(client):
         "/v1/generate", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     )
     error_of(pre, 400, "invalid_request")
+
+
+def test_tokenize_and_detokenize_check_the_key_then_the_media_type_then_the_body(door, client):
+    # the two routes call their checks themselves (service/routes.py): the order FastAPI's declared ones had
+    for path in ("/v1/tokenize", "/v1/detokenize"):
+        error_of(
+            httpx.post(door.url + path, content=b"<x/>", headers={"content-type": "text/plain"}), 401, "unauthorized"
+        )
+        error_of(
+            client.post(path, content=b"<x/>", headers={"content-type": "text/plain"}), 415, "unsupported_media_type"
+        )
+        error_of(
+            client.post(path, content=b'{"x": [', headers={"content-type": "application/json"}), 422, "validation_error"
+        )
+    raw_png = client.post("/v1/detokenize", json={"tokens": [[0] * 32]}, headers={"accept": "image/png"})
+    assert raw_png.status_code == 200 and raw_png.content.startswith(b"\x89PNG")
 
 
 def test_metrics_need_the_key_when_the_setting_says_so(door, client):
@@ -306,3 +382,35 @@ def test_the_strip_wise_conversion_equals_one_alpha_composite():
     whole = np.asarray(Image.alpha_composite(black, img).convert("RGB"))
     assert np.array_equal(np.asarray(to_rgb(img)), whole)
     assert np.array_equal(_on_black(img), whole)
+
+
+# -- one send per turn of the event loop (service/protocol.py) ------------------------------------------
+
+
+def test_writes_in_one_turn_leave_in_one_send_in_order_and_before_a_close():
+    async def scenario() -> tuple[bytes, list[int]]:
+        ours, theirs = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        sends: list[int] = []
+        write = transport.write
+        transport.write = lambda data: (sends.append(len(data)), write(data))  # type: ignore[method-assign]
+        out = _OneSend(transport, loop)
+        out.write(b"head;")
+        out.write(b"body;")  # same turn: one send with the head
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        out.write(b"small;")
+        out.write(b"L" * 70_000)  # large: what is held leaves first, then it, uncopied
+        out.write(b"last")
+        out.close()  # what is held leaves before the close
+        theirs.settimeout(5)
+        got = b""
+        while chunk := await loop.run_in_executor(None, theirs.recv, 1 << 20):
+            got += chunk
+        theirs.close()
+        return got, sends
+
+    got, sends = asyncio.run(scenario())
+    assert got == b"head;body;small;" + b"L" * 70_000 + b"last"
+    assert sends == [10, 6, 70_000, 4]
