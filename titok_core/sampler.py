@@ -306,6 +306,16 @@ class Generation:
         return not _is_neutral(self.settings.guidance_schedule, self.guidance_scale)
 
 
+def _check_batch(gens: Sequence[Generation]) -> None:
+    """Every item of a step is still running and shares seq_len and codebook_size with the first."""
+    first = gens[0]
+    for gen in gens:
+        if gen.done:
+            raise ValueError("a generation that is already done cannot be advanced")
+        if gen.tokens.shape != first.tokens.shape or gen.mask_id != first.mask_id:
+            raise ValueError("all generations of a batch must share seq_len and codebook_size")
+
+
 def build_batch(gens: Sequence[Generation]) -> tuple[np.ndarray, np.ndarray, Rows]:
     """Generator inputs for one step of ``gens``: tokens (R, N), class_ids (R,) and each item's rows.
 
@@ -314,12 +324,7 @@ def build_batch(gens: Sequence[Generation]) -> tuple[np.ndarray, np.ndarray, Row
     """
     if not gens:
         raise ValueError("build_batch needs at least one generation")
-    first = gens[0]
-    for gen in gens:
-        if gen.done:
-            raise ValueError("a generation that is already done cannot be advanced")
-        if gen.tokens.shape != first.tokens.shape or gen.mask_id != first.mask_id:
-            raise ValueError("all generations of a batch must share seq_len and codebook_size")
+    _check_batch(gens)
     uncond = [i for i, gen in enumerate(gens) if gen.needs_uncond]
     order = list(range(len(gens))) + uncond
     tokens = np.stack([gens[i].tokens for i in order]).astype(np.int64, copy=False)
@@ -351,12 +356,7 @@ def step_inputs(gens: Sequence[Generation]) -> tuple[np.ndarray, ...]:
     class ids, seeds, steps (int64), guidance, temperature, annealing (float32), mask_len (int64)."""
     if not gens:
         raise ValueError("a step needs at least one generation")
-    first = gens[0]
-    for gen in gens:
-        if gen.done:
-            raise ValueError("a generation that is already done cannot be advanced")
-        if gen.tokens.shape != first.tokens.shape or gen.mask_id != first.mask_id:
-            raise ValueError("all generations of a batch must share seq_len and codebook_size")
+    _check_batch(gens)
     rows = [_row_inputs(gen) for gen in gens]
 
     def column(values, dtype):
