@@ -144,7 +144,9 @@ class GenerateRequest(_Request):
     num_steps: int | None = Field(None, ge=1, description="Sampling steps.")
     guidance_scale: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale.")
     guidance_schedule: Schedule | None = Field(None, description="How guidance grows over the steps.")
-    temperature: float | None = Field(None, ge=0, le=1000, description="Gumbel noise temperature (annealed to 0).")
+    temperature: float | None = Field(
+        None, ge=0, le=1000, description="Temperature of softmax(logits / T) sampling (annealed to 0)."
+    )
     seed: int | None = Field(
         None,
         ge=0,
@@ -214,7 +216,9 @@ class VariationsRequest(_Request):
     )
     guidance_scale: float | None = Field(None, ge=0, le=100, description="Classifier-free guidance scale.")
     guidance_schedule: Schedule | None = Field(None, description="How guidance grows over the steps.")
-    temperature: float | None = Field(None, ge=0, le=1000, description="Gumbel noise temperature (annealed to 0).")
+    temperature: float | None = Field(
+        None, ge=0, le=1000, description="Temperature of softmax(logits / T) sampling (annealed to 0)."
+    )
     seed: int | None = Field(
         None,
         ge=0,
