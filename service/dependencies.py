@@ -161,18 +161,8 @@ async def parse_json(model: type[T], data: bytes) -> T:
     return await anyio.to_thread.run_sync(_validated, model, data)
 
 
-def json_body(model: type[T]):
-    """A dependency reading ``model`` from the JSON body, off the event loop when the body is large (FastAPI's own
-    body parameter would parse it on the loop); the route declares the schema with ``json_schema(model)``."""
-
-    async def parse(request: Request) -> T:
-        return await parse_json(model, await request.body())
-
-    return parse
-
-
 def json_schema(model: type) -> dict:
-    """The OpenAPI ``openapi_extra`` of a route whose JSON body is read by ``json_body(model)``."""
+    """The OpenAPI ``openapi_extra`` of a route that reads ``model`` from its JSON body itself (``parse_json``)."""
     schema = model.model_json_schema()  # type: ignore[attr-defined]
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 

@@ -17,7 +17,6 @@ from .dependencies import (
     accepted_image,
     get_call,
     get_serving,
-    json_body,
     json_schema,
     parse_json,
     read_uploads,
@@ -90,7 +89,7 @@ async def list_models(serving: ServingDep) -> ModelList:
     return serving.models()
 
 
-# tokenize and detokenize, the small requests, call their dependencies themselves, in the order FastAPI would:
+# tokenize, detokenize and generate, the hot routes, call their dependencies themselves, in the order FastAPI would:
 # FastAPI's solving of each declared dependency (a recursion over its parameters, cookies included) cost more of a
 # request's time on the event loop than the dependency's own work (bench/routes.py, docs/benchmarks.md)
 
@@ -130,16 +129,17 @@ async def detokenize(request: Request) -> Response:
 
 @router.post(
     "/v1/generate",
-    dependencies=[_KEY, _JSON],
     responses=_ERRORS,
     response_model=GenerateResponse,
     response_model_exclude_none=True,
     openapi_extra=json_schema(GenerateRequest),
     summary="Class-conditional images (MaskGIT with classifier-free guidance)",
 )
-async def generate(
-    body: Annotated[GenerateRequest, Depends(json_body(GenerateRequest))], serving: ServingDep, call: CallDep
-) -> Response:
+async def generate(request: Request) -> Response:
+    await require_key(request)
+    await require_json(request)
+    body = await parse_json(GenerateRequest, await request.body())
+    serving, call = await get_serving(request), await get_call(request)
     return _json(await serving.generate(body, call), exclude_none=True)
 
 

@@ -50,6 +50,23 @@ def test_png_is_encoded_fast_lossless_and_deterministic():
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), image)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 13, 3), (32, 32, 3), (256, 256, 3)])
+def test_the_png_writer_round_trips_through_pil(shape):
+    # the writer is our own (PIL's costs more per small image than the rest of a request): PIL must read back the
+    # exact pixels, a non-square and a one-pixel image included, and refuse nothing (its CRC checks pass)
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    image[shape[0] // 2 :] //= 4  # smooth and noisy rows alike
+    with Image.open(io.BytesIO(encode_image(image, "png"))) as decoded:
+        assert (decoded.format, decoded.mode, decoded.size) == ("PNG", "RGB", (shape[1], shape[0]))
+        assert np.array_equal(np.asarray(decoded), image)
+
+
+def test_encoding_refuses_an_array_that_is_not_an_rgb_image():
+    with pytest.raises(ValueError, match="H, W, 3"):
+        encode_image(np.zeros((4, 4), dtype=np.uint8), "png")
+
+
 def _png(size: int, seed: int) -> bytes:
     out = io.BytesIO()
     rng = np.random.default_rng(seed)

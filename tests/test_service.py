@@ -57,6 +57,13 @@ def truncated_png() -> bytes:
     return data[: len(data) // 2]
 
 
+def png_with_a_broken_header_crc() -> bytes:
+    """A PNG whose size is fine but whose IHDR fails its CRC (the size is read before PIL's own checks run)."""
+    data = bytearray(encode(noise((8, 8))))
+    data[29] ^= 0xFF
+    return bytes(data)
+
+
 def metric(url: str, name: str, **labels) -> float:
     """The sum of a metric's samples whose labels include ``labels``."""
     text = httpx.get(f"{url}/metrics").text
@@ -284,6 +291,13 @@ ERROR_CASES = {
     "truncated png upload": (
         "/v1/tokenize",
         {"files": [("files", ("t.png", truncated_png(), "image/png"))]},
+        400,
+        "invalid_image",
+        "images[0]",
+    ),
+    "png whose IHDR fails its CRC": (
+        "/v1/tokenize",
+        {"json": {"images": [b64(png_with_a_broken_header_crc())]}},
         400,
         "invalid_image",
         "images[0]",
