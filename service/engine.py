@@ -73,7 +73,13 @@ class ServedModel:
 
         self.encoder, self.decoder = batcher("encoder", backend.encode), batcher("decoder", backend.decode)
         self.scheduler = GenerationScheduler(
-            info.family, backend.step, max_batch_size=batch, max_queue=queue, metrics=metrics, backend=backend.name
+            info.family,
+            backend.step,
+            max_batch_size=batch,
+            max_queue=queue,
+            metrics=metrics,
+            backend=backend.name,
+            regroup_wait_s=wait,
         )
         self._lower_names = {name.lower(): i for i, name in enumerate(info.class_names)}
         self.warm = False

@@ -48,9 +48,12 @@ class GenerationScheduler:
         max_queue: int,
         metrics: Metrics,
         backend: str,
+        regroup_wait_s: float = 0.0,
     ):
         self.model, self._step_fn = model, step
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.regroup_wait_s = regroup_wait_s
+        self._last_batch = 0  # generations in the last step: how many an idle loop may wait for
         self._waiting: deque[_Request] = deque()
         self._waiting_items = 0
         self._active: list[_Request] = []
@@ -115,6 +118,8 @@ class GenerationScheduler:
     async def _loop(self) -> None:
         while True:
             self._active = [r for r in self._active if not r.future.done()]  # callers that left are dropped
+            if not self._active and self._waiting and self._waiting_items < self._last_batch:
+                await self._regroup()
             self._admit()
             if not self._active:
                 self._wake.clear()
@@ -145,8 +150,23 @@ class GenerationScheduler:
             self._active = still
             self._active_gauge.set(sum(len(r.gens) for r in still))
 
+    async def _regroup(self) -> None:
+        """Wait at most ``regroup_wait_s`` for the generations of the last batch to come back before starting the
+        first step of a new one. Clients whose images came out of one batch send their next requests within
+        milliseconds of each other; the first one alone would otherwise start a step of its own, and run one
+        step ahead of the rest from then on: batches of one, at their cost per image, for as long as the load
+        lasts. A lone client never waits (its last batch held only itself)."""
+        deadline = time.monotonic() + self.regroup_wait_s
+        while self._waiting_items < self._last_batch and (left := deadline - time.monotonic()) > 0:
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                break
+
     async def _step(self, gens: list[Generation], request_id: str = "") -> None:
         """One sampler step of ``gens``: one step-graph call (chunked only beyond the max batch size)."""
+        self._last_batch = len(gens)
         inputs = step_inputs(gens)  # stacking B rows: microseconds, done on the loop rather than a thread hop
         parts = []
         for begin in range(0, len(gens), self.max_batch_size):

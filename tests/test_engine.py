@@ -317,6 +317,34 @@ async def test_a_late_request_joins_the_generations_in_flight_at_the_next_step()
     assert tokens_first[0].tolist() == alone(0, 1, num_steps=4, **plain)
 
 
+async def test_the_clients_of_a_batch_that_come_back_together_start_their_next_batch_together():
+    # a closed loop: three generations finish in one step, then their clients come back a few ms apart; without the
+    # regroup wait the first would start a batch of one and run a step ahead of the others from then on
+    backend = FakeBackend()
+    plain = dict(num_steps=2, guidance_scale=0.0, guidance_schedule="constant")
+    async with running(scheduler(backend, regroup_wait_s=0.5)) as s:
+        await asyncio.gather(*(s.generate(gens([c], [c], **plain)) for c in range(3)))
+        first = asyncio.create_task(s.generate(gens([0], [10], **plain)))
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(s.generate(gens([1], [11], **plain)))
+        await asyncio.sleep(0.02)
+        third = asyncio.create_task(s.generate(gens([2], [12], **plain)))
+        tokens = await asyncio.gather(first, second, third)
+    assert [len(x) for x in backend.inputs("generator")] == [3, 3, 3, 3]
+    assert [t[0].tolist() for t in tokens] == [alone(c, 10 + c, **plain) for c in range(3)]
+
+
+async def test_a_lone_client_never_waits_for_others():
+    # its last batch held only itself: with a regroup wait of a minute, its requests still run at once (the
+    # wait_for only turns a wait into a failure instead of a minute-long test)
+    backend = FakeBackend()
+    plain = dict(num_steps=2, guidance_scale=0.0, guidance_schedule="constant")
+    async with running(scheduler(backend, regroup_wait_s=60)) as s:
+        for seed in range(3):
+            await asyncio.wait_for(s.generate(gens([0], [seed], **plain)), 10)
+    assert [len(x) for x in backend.inputs("generator")] == [1] * 6
+
+
 async def test_a_step_beyond_the_max_batch_size_is_chunked_with_the_same_result():
     backend = FakeBackend()
     settings = dict(num_steps=3, guidance_scale=2.0, guidance_schedule="constant")
