@@ -12,7 +12,8 @@ descriptor) to answer 503. This subclass adds, per connection:
 - 408 (JSON) when the headers are not complete within ``read_timeout_s`` (a body is timed by the gateway's body
   guard, service/middleware.py);
 - its own malformed-request answers (uvicorn's text 400) in the one JSON error shape;
-- one send for what is written in one turn of the event loop (an answer's head and body), not one per write.
+- one send for what is written in one turn of the event loop (an answer's head and body), not one per write;
+- each request's scope holds a future of the connection's loss (``CONNECTION_LOST``).
 
 uvicorn itself enforces the keep-alive timeout (``timeout_keep_alive``).
 """
@@ -25,6 +26,10 @@ import sys
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import Settings
+
+# the scope key of a request's future of its connection's loss (the deadline guard in service/dependencies.py
+# awaits it beside the work; under another ASGI server, where it is absent, a task watches ``receive`` instead)
+CONNECTION_LOST = "titok.connection_lost"
 
 
 def _answer(status: int, reason: bytes, type_: str, message: str, extra: bytes = b"") -> bytes:
@@ -109,6 +114,7 @@ def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
 
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
         _refused = False
+        _lost: asyncio.Future | None = None
         _header_timer: asyncio.TimerHandle | None = None
         # the request being read, as the parser reports it: "idle" before its first byte, "head" (request line and
         # headers), "body" (from the end of the headers to the end of the request)
@@ -135,6 +141,8 @@ def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
             if self._refused:
                 return
             super().connection_lost(exc)
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(None)
 
         def data_received(self, data: bytes) -> None:
             if self._refused or self.transport.is_closing():
@@ -170,6 +178,11 @@ def guarded_protocol(settings: Settings) -> type[HttpToolsProtocol]:
         def on_message_begin(self) -> None:
             self._phase = "head"
             super().on_message_begin()
+            # the connection's loss as a future the request's deadline guard awaits beside its work
+            # (service/dependencies.py): no task per request to watch ``receive`` for the disconnect
+            if self._lost is None:
+                self._lost = self.loop.create_future()
+            self.scope[CONNECTION_LOST] = self._lost  # type: ignore[literal-required]
 
         def on_headers_complete(self) -> None:
             self._phase, self._chunks = "body", 0
