@@ -284,10 +284,13 @@ async def guarded(request: Request, work: Awaitable[T], deadline_s: float) -> T:
         task.cancel()
 
     lost.add_done_callback(leave)
+    deadline = asyncio.timeout_at(_loop_time(request.scope["state"]["arrival"] + deadline_s))
     try:
-        async with asyncio.timeout_at(_loop_time(request.scope["state"]["arrival"] + deadline_s)):
+        async with deadline:
             return await work
     except TimeoutError:
+        if not deadline.expired():  # the work's own TimeoutError, not the deadline's
+            raise
         raise DeadlineExceeded("the request did not finish within its deadline") from None
     except asyncio.CancelledError:
         if not left:
