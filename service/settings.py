@@ -24,7 +24,9 @@ class Settings(BaseSettings):
     # max_batch_size, max_queue, request_timeout_s, max_image_pixels, max_images, max_n: defaults; a family's manifest
     # may set its own, and a variable set explicitly wins over both (service/limits.py)
     max_batch_size: int = Field(32, ge=1, description="rows per model call (capped by the manifest's)")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill before it runs")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long a batch waits to fill before it runs (a new generation batch too)"
+    )
     max_queue: int = Field(256, ge=1, description="rows (or generations) waiting per model graph before 429")
     request_timeout_s: float = Field(30.0, gt=0, description="per-request deadline from arrival (504 beyond it)")
     inference_threads: int = Field(1, ge=1, description="worker threads running model calls")
