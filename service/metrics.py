@@ -26,7 +26,7 @@ class Metrics:
         self.batch_size = Histogram("titok_batch_size", "Rows per model call", graph, buckets=_BATCH, registry=r)
         self.inference_seconds = Histogram(
             "titok_inference_duration_seconds",
-            "Time of one model call",
+            "Time of one model call from its hand-off to the backend (a batch may wait there for the one before)",
             ["model", "graph", "backend"],
             buckets=_LATENCY,
             registry=r,

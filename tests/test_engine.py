@@ -174,6 +174,27 @@ async def test_requests_that_wait_while_a_batch_runs_are_coalesced_into_the_next
         assert np.array_equal(answer[:, 0, 0, 0], sent.sum(1) % 256)  # each caller gets its own rows back
 
 
+async def test_the_next_batch_is_handed_to_the_backend_while_one_runs_and_no_third():
+    # the backend (the embedded one's worker thread) starts the next batch the moment one ends, without waiting for
+    # the event loop; two batches at most are handed over, the rest wait in the queue and batch together
+    backend = FakeBackend()
+    backend.hold("decoder")
+    async with running(batcher(backend)) as b:
+        first = asyncio.create_task(b.submit(rows(0, 1)))
+        await backend.called("decoder", 1)  # held
+        second = asyncio.create_task(b.submit(rows(10, 2)))
+        await backend.called("decoder", 2)  # handed over while the first still runs
+        third, fourth = asyncio.create_task(b.submit(rows(20, 3))), asyncio.create_task(b.submit(rows(30, 1)))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert backend.count("decoder") == 2 and b._queued_rows == 4  # no third batch while two are in flight
+        backend.release("decoder")
+        answers = await asyncio.gather(first, second, third, fourth)
+    assert [len(x) for x in backend.inputs("decoder")] == [1, 2, 4]
+    for answer, sent in zip(answers, (rows(0, 1), rows(10, 2), rows(20, 3), rows(30, 1)), strict=True):
+        assert np.array_equal(answer[:, 0, 0, 0], sent.sum(1) % 256)
+
+
 async def test_a_partial_batch_waits_for_max_wait_and_a_full_one_does_not():
     backend = FakeBackend()
     async with running(batcher(backend, max_batch_size=4, max_wait_s=3600)) as b:
