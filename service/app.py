@@ -15,10 +15,10 @@ from .backends import BackendFactory, create_backend
 from .docs import docs_app
 from .errors import install_error_handlers
 from .metrics import Metrics
-from .middleware import BodyGuard, RequestContext
+from .middleware import BodyGuard, HotRoutes, RequestContext
 from .openai_images import router as openai_router
 from .registry import Registry
-from .routes import router
+from .routes import HOT_ROUTES, router
 from .serving import Serving
 from .settings import Settings
 
@@ -81,6 +81,9 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     app.include_router(openai_router)
     pages, page_paths = page_router()
     app.include_router(pages)
+    # innermost: the hot routes skip FastAPI's own plumbing, not our middlewares
+    hot = {route.path: (route, route.endpoint) for route in router.routes if route.path in HOT_ROUTES}
+    app.add_middleware(HotRoutes, routes=hot, exception_handlers=app.exception_handlers)
     # inside CORS, so that its 413 and 408 carry the CORS headers
     app.add_middleware(
         BodyGuard,

@@ -1,6 +1,7 @@
-"""Two pure-ASGI middlewares: the request context (request id, arrival, HEAD, the one error shape, metrics and
-one access-log line), outermost; and the body guard (the body read whole, under a byte limit and a read timeout,
-before any route parses it), inside CORS so that its 413 and 408 carry CORS headers."""
+"""Three pure-ASGI middlewares: the request context (request id, arrival, HEAD, the one error shape, metrics and
+one access-log line), outermost; the body guard (the body read whole, under a byte limit and a read timeout,
+before any route parses it), inside CORS so that its 413 and 408 carry CORS headers; and, innermost, the hot
+routes' direct dispatch."""
 
 import asyncio
 import json
@@ -11,6 +12,7 @@ import time
 import uuid
 
 from starlette.datastructures import MutableHeaders
+from starlette.requests import Request
 
 from .errors import PayloadTooLarge, error_for, short
 from .metrics import Metrics
@@ -220,3 +222,35 @@ async def _send_json(send, status: int, body: dict, close: bool = False) -> None
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
+
+
+class HotRoutes:
+    """The hot routes (POST /v1/tokenize, /v1/detokenize, /v1/generate) called directly, inside every middleware of
+    ours (request context, CORS, body guard), without FastAPI's exception middleware, exit stack, router and
+    request handler around them: that plumbing was a quarter of a small request's time on the event loop
+    (bench/routes.py). Their handlers take the request and call their checks themselves (service/routes.py); an
+    exception leaves through the app's own handlers, as it would through FastAPI's; any other request goes on to
+    the app. The routes stay declared on the app too, for OpenAPI."""
+
+    def __init__(self, app, *, routes: dict, exception_handlers: dict):
+        self.app = app
+        self.routes = routes  # path -> (FastAPI's route, for the metrics' label; the handler)
+        # the app's handlers by exception class, but not the catch-all: an unexpected error goes on up to the
+        # request context's 500, as it does from FastAPI's router
+        self.handlers = {k: v for k, v in exception_handlers.items() if isinstance(k, type) and k is not Exception}
+
+    async def __call__(self, scope, receive, send):
+        hot = self.routes.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if hot is None:
+            return await self.app(scope, receive, send)
+        route, handler = hot
+        scope["route"] = route
+        request = Request(scope, receive, send)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            answer = next((self.handlers[c] for c in type(exc).__mro__ if c in self.handlers), None)
+            if answer is None:
+                raise
+            response = await answer(request, exc)
+        await response(scope, receive, send)

@@ -89,6 +89,9 @@ async def list_models(serving: ServingDep) -> ModelList:
     return serving.models()
 
 
+# the hot routes, called directly by service/middleware.py's HotRoutes (each takes the request alone)
+HOT_ROUTES = ("/v1/tokenize", "/v1/detokenize", "/v1/generate")
+
 # tokenize, detokenize and generate, the hot routes, call their dependencies themselves, in the order FastAPI would:
 # FastAPI's solving of each declared dependency (a recursion over its parameters, cookies included) cost more of a
 # request's time on the event loop than the dependency's own work (bench/routes.py, docs/benchmarks.md)

@@ -113,3 +113,24 @@ def test_the_embedded_backend_counts_the_seconds_inside_each_graph(model_reposit
     assert np.array_equal(direct, through)
     assert backend.graph_seconds[graph] > 0
     asyncio.run(backend.close())
+
+
+def test_the_hot_routes_skip_fastapis_plumbing_but_not_its_answers(gateway):
+    # tokenize, detokenize and generate are called by service/middleware.py's HotRoutes: their answers, errors,
+    # metric labels and request ids must be what FastAPI's router gave; other methods on their paths still reach it
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        ok = client.post("/v1/generate", json={"class_labels": 1, "seed": 5}, headers={"X-Request-ID": "hot-1"})
+        assert ok.status_code == 200 and ok.headers["x-request-id"] == "hot-1"
+        assert ok.json()["images"][0]["seed"] == 5 and "tokens" not in ok.json()["images"][0]  # exclude_none
+        invalid = client.post("/v1/detokenize", json={"tokens": [[1] * 31]})  # 31 ids: the model's own check
+        assert invalid.status_code == 400 and set(invalid.json()) == {"error"}
+        schema = client.post("/v1/tokenize", json={"images": "not a list"})
+        assert schema.status_code == 422 and schema.json()["error"]["type"] == "validation_error"
+        wrong_type = client.post("/v1/generate", content=b"{}", headers={"Content-Type": "text/plain"})
+        assert wrong_type.status_code == 415 and wrong_type.json()["error"]["type"] == "unsupported_media_type"
+        not_post = client.get("/v1/tokenize")
+        assert not_post.status_code == 405 and not_post.json()["error"]["type"] == "method_not_allowed"
+        metrics = client.get("/metrics").text
+    for status in ("200", "400", "415"):
+        route = "/v1/generate" if status != "400" else "/v1/detokenize"
+        assert f'route="{route}",status="{status}"' in metrics.replace('method="POST",', "")
