@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, backend_factory: BackendFactory
     pages, page_paths = page_router()
     app.include_router(pages)
     # innermost: the hot routes skip FastAPI's own plumbing, not our middlewares
-    hot = {route.path: (route, route.endpoint) for route in router.routes if route.path in HOT_ROUTES}
+    hot = {r.path: (r, r.endpoint) for r in router.routes if isinstance(r, APIRoute) and r.path in HOT_ROUTES}
     app.add_middleware(HotRoutes, routes=hot, exception_handlers=app.exception_handlers)
     # inside CORS, so that its 413 and 408 carry the CORS headers
     app.add_middleware(

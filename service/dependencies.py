@@ -266,45 +266,45 @@ async def _watch_disconnect(request: Request, lost: asyncio.Future) -> None:
 
 async def guarded(request: Request, work: Awaitable[T], deadline_s: float) -> T:
     """Run the engine's ``work`` until done, ``deadline_s`` after the request arrived (504) or the client leaving
-    (its work is cancelled: 499). The work runs in the request's own task, under a timeout; a lost connection
-    cancels that task. No task is made per request on the gateway's own port (a task and ``asyncio.wait`` per
-    request were a sixth of a small request's event-loop time)."""
+    (its work is cancelled: 499). The work runs in the request's own task; a timer at the deadline and the loss of
+    the connection cancel that task. No task is made per request on the gateway's own port (a task and
+    ``asyncio.wait`` per request were a sixth of a small request's event-loop time)."""
+    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     lost: asyncio.Future | None = request.scope.get(CONNECTION_LOST)
     watcher = None
     if lost is None:
-        lost = asyncio.get_running_loop().create_future()
+        lost = loop.create_future()
         watcher = asyncio.ensure_future(_watch_disconnect(request, lost))
-    left = False
+    why: list[str] = []  # our own cancellations of the task, in order
 
-    def leave(_: asyncio.Future) -> None:
-        nonlocal left
-        left = True
+    def cancel(reason: str) -> None:
+        why.append(reason)
         task.cancel()
 
-    lost.add_done_callback(leave)
-    deadline = asyncio.timeout_at(_loop_time(request.scope["state"]["arrival"] + deadline_s))
+    on_lost = lambda _: cancel("left")  # noqa: E731
+    lost.add_done_callback(on_lost)
+    deadline = request.scope["state"]["arrival"] + deadline_s
+    timer = loop.call_at(loop.time() + (deadline - time.monotonic()), cancel, "deadline")
     try:
-        async with deadline:
-            return await work
-    except TimeoutError:
-        if not deadline.expired():  # the work's own TimeoutError, not the deadline's
-            raise
-        raise DeadlineExceeded("the request did not finish within its deadline") from None
+        return await work
     except asyncio.CancelledError:
-        if not left:
+        if not why:
             raise
-        task.uncancel()  # our own cancellation, answered as 499
-        raise ClientClosedRequest("the client closed the connection") from None
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+: our cancellations are not the caller's
+        if uncancel is not None:
+            for _ in why:
+                uncancel()
+            if task.cancelling():  # type: ignore[attr-defined]
+                raise  # someone else cancelled it too
+        if why[0] == "left":
+            raise ClientClosedRequest("the client closed the connection") from None
+        raise DeadlineExceeded("the request did not finish within its deadline") from None
     finally:
-        lost.remove_done_callback(leave)
+        timer.cancel()
+        lost.remove_done_callback(on_lost)
         if watcher is not None:
             watcher.cancel()
         if asyncio.iscoroutine(work):
             work.close()  # never started (an already lost connection): no "never awaited" warning
-
-
-def _loop_time(monotonic_s: float) -> float:
-    """A ``time.monotonic()`` instant on the event loop's clock (the same clock on Linux, kept apart anyway)."""
-    return asyncio.get_running_loop().time() + (monotonic_s - time.monotonic())
