@@ -64,11 +64,15 @@ def open_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
         raise PayloadTooLarge(f"image is over the limit of {max_pixels} pixels", param) from None
     except Exception as e:  # an unreadable header is the input's fault
         raise InvalidImage(f"cannot decode the {fmt} image: {e}", param) from None
+    _check_size(width, height, max_pixels, param)
+    return img
+
+
+def _check_size(width: int, height: int, max_pixels: int, param: str) -> None:
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels}", param)
     if width * height == 0:
         raise InvalidImage("image has no pixels", param)
-    return img
 
 
 # a decoded row costs memory of its own (PIL keeps a pointer and a 4-byte-aligned line per row): a row counts as at
@@ -89,11 +93,12 @@ def decoded_pixels(data: bytes, max_pixels: int, param: str) -> int:
     """What decoding an image costs, in pixels, from its header alone (413 over ``max_pixels``): its pixels, a row
     counted as at least ``ROW_COST_PIXELS`` wide; the preprocessing after it never makes more (an elongated image is
     cropped to its centre square before it is resized)."""
-    width, height = _png_size(data) or open_image(data, max_pixels, param).size
-    if width * height > max_pixels:
-        raise PayloadTooLarge(f"image of {width}x{height} pixels is over the limit of {max_pixels}", param)
-    if width * height == 0:
-        raise InvalidImage("image has no pixels", param)
+    size = _png_size(data)
+    if size is None:
+        width, height = open_image(data, max_pixels, param).size  # checked there
+    else:
+        width, height = size
+        _check_size(width, height, max_pixels, param)
     cost = max(width, ROW_COST_PIXELS) * height
     if cost > max_pixels:
         message = f"image of {width}x{height} costs {cost} pixels to decode (a row as {ROW_COST_PIXELS} at least)"

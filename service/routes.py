@@ -77,7 +77,7 @@ _VARIATIONS_BODY = {
         },
     }
 }
-_KEY, _JSON = Depends(require_key), Depends(require_json)
+_KEY = Depends(require_key)
 
 router = APIRouter()
 

@@ -161,7 +161,7 @@ class GenerationScheduler:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 break
 
     async def _step(self, gens: list[Generation], request_id: str = "") -> None:
