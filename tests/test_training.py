@@ -1,6 +1,7 @@
 """Training recipes on tiny configs and a few hundred real images: checkpoints, exact resume, data parallelism."""
 
 import csv
+import math
 import os
 import socket
 import subprocess
@@ -75,6 +76,7 @@ def runs(tmp_path_factory):
         "freeze_encoder=true",
         "steps=3",
         "perceptual_weight=0.1",
+        "label_weight=0.1",
         f"perceptual_net={tmp / 'classifier'}",
     )
     run(tmp, "stage2", "recipe=proxy-stage2", "steps=3", f"init={tmp / 'stage1/checkpoint'}", "adversarial_weight=0.1")
@@ -141,6 +143,9 @@ def test_pixel_losses_are_logged(runs):
         row = next(csv.DictReader(f))
         assert {"l2", "perceptual", "class_kl", "quantizer"} <= set(row)
         assert float(row["class_kl"]) >= 0  # a KL divergence
+    with (runs / "decoder-ft" / "metrics.csv").open() as f:
+        row = next(csv.DictReader(f))
+        assert "class_kl" not in row and 0 < float(row["label_ce"]) < 2 * math.log(10)  # untrained: near ln 10
     with (runs / "vqgan" / "metrics.csv").open() as f:
         assert {"gan_g", "gan_d"} <= set(next(csv.DictReader(f)))
 

@@ -74,29 +74,37 @@ class PixelLosses:
         self.disc: nn.Module | None = None
         self._fake: torch.Tensor | None = None
         self.class_kept: ClassKeptLoss | None = None
-        if cfg.perceptual_weight > 0 or cfg.class_weight > 0:
+        if cfg.perceptual_weight > 0 or cfg.class_weight > 0 or cfg.label_weight > 0:
             if not cfg.perceptual_net:
-                raise ValueError("perceptual_weight or class_weight > 0 needs perceptual_net: a classifier folder")
+                raise ValueError(
+                    "perceptual_weight, class_weight or label_weight > 0 needs perceptual_net: a classifier folder"
+                )
             classifier = load_checkpoint(cfg.perceptual_net, kind="fmnist-classifier").to(inputs.device)
             if cfg.perceptual_weight > 0:
                 self.perceptual = PerceptualLoss(classifier)
-            if cfg.class_weight > 0:
+            if cfg.class_weight > 0 or cfg.label_weight > 0:
                 self.class_kept = ClassKeptLoss(classifier)
         if cfg.adversarial_weight > 0:
             self.disc = PatchDiscriminator().to(inputs.device)
 
-    def __call__(self, recon: torch.Tensor, x: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        """The generator-side loss of a reconstruction ``recon`` of ``x``; remembers ``recon`` for the discriminator."""
+    def __call__(self, recon: torch.Tensor, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """The generator-side loss of a reconstruction ``recon`` of the images at ``idx``; remembers ``recon`` for the
+        discriminator."""
+        x = self.inputs.batch_images(idx)
         l2 = F.mse_loss(recon, x)
         total, logs = l2, {"l2": l2.item()}
         if self.perceptual is not None:
             p = self.perceptual(recon, x)
             total = total + self.cfg.perceptual_weight * p
             logs["perceptual"] = p.item()
-        if self.class_kept is not None:
+        if self.class_kept is not None and self.cfg.class_weight > 0:
             c = self.class_kept(recon, x)
             total = total + self.cfg.class_weight * c
             logs["class_kl"] = c.item()
+        if self.class_kept is not None and self.cfg.label_weight > 0:
+            ce = self.class_kept.label_loss(recon, self.inputs.labels[idx].to(recon.device))
+            total = total + self.cfg.label_weight * ce
+            logs["label_ce"] = ce.item()
         if self.disc is not None and step >= self.cfg.adversarial_start:
             g = hinge_g_loss(self.disc(recon))
             total = total + self.cfg.adversarial_weight * g
@@ -175,7 +183,7 @@ def _pixel_run(model: nn.Module, inputs: RunInputs) -> Run:
     def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         x = inputs.batch_images(idx)
         recon, info = model(x)
-        total, logs = pixel(recon, x, step)
+        total, logs = pixel(recon, idx, step)
         logs["quantizer"] = info["quantizer_loss"].item()
         return total + info["quantizer_loss"], {**logs, "indices": info["indices"]}
 
@@ -207,7 +215,7 @@ def tokenizer_recipe(inputs: RunInputs) -> Run:
 
     def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         zq = model.tokens_to_latents(tokens[idx].to(inputs.device))  # (B, C, 1, N)
-        return pixel(model.decode(zq), inputs.batch_images(idx), step)
+        return pixel(model.decode(zq), idx, step)
 
     return Run(model, loss, len(inputs.images), pixel=pixel)  # a frozen codebook is not restarted
 
@@ -262,7 +270,7 @@ def proxy_stage2_recipe(inputs: RunInputs) -> Run:
         x = inputs.batch_images(idx)
         with torch.no_grad():
             zq, _, _ = model.quantize(model.encode_latents(x))
-        return pixel(model.decode(zq), x, step)
+        return pixel(model.decode(zq), idx, step)
 
     return Run(model, loss, len(inputs.images), pixel=pixel)
 

@@ -57,6 +57,7 @@ class TrainConfig:
     perceptual_weight: float = 0.0
     perceptual_net: str | None = None  # a classifier checkpoint folder (python -m training classifier)
     class_weight: float = 0.0  # KL of perceptual_net's class probabilities, reconstruction against original
+    label_weight: float = 0.0  # cross-entropy of perceptual_net on the reconstruction against the image's label
     adversarial_weight: float = 0.0
     adversarial_start: int = 0
     disc_lr: float = 1e-4
