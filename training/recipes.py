@@ -65,7 +65,7 @@ class Codebook:
 
 class PixelLosses:
     """Reconstruction in pixel space: L2, + perceptual (a classifier's features), + class kept (the classifier's
-    predictions), + hinge GAN after a start step."""
+    predictions against the original's, or against the label), + hinge GAN after a start step."""
 
     def __init__(self, inputs: RunInputs):
         cfg = inputs.cfg
@@ -87,10 +87,9 @@ class PixelLosses:
         if cfg.adversarial_weight > 0:
             self.disc = PatchDiscriminator().to(inputs.device)
 
-    def __call__(self, recon: torch.Tensor, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        """The generator-side loss of a reconstruction ``recon`` of the images at ``idx``; remembers ``recon`` for the
-        discriminator."""
-        x = self.inputs.batch_images(idx)
+    def __call__(self, recon: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """The generator-side loss of a reconstruction ``recon`` of ``x``, the images at ``idx`` (their labels for
+        ``label_weight``); remembers ``recon`` for the discriminator."""
         l2 = F.mse_loss(recon, x)
         total, logs = l2, {"l2": l2.item()}
         if self.perceptual is not None:
@@ -183,7 +182,7 @@ def _pixel_run(model: nn.Module, inputs: RunInputs) -> Run:
     def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         x = inputs.batch_images(idx)
         recon, info = model(x)
-        total, logs = pixel(recon, idx, step)
+        total, logs = pixel(recon, x, idx, step)
         logs["quantizer"] = info["quantizer_loss"].item()
         return total + info["quantizer_loss"], {**logs, "indices": info["indices"]}
 
@@ -215,7 +214,7 @@ def tokenizer_recipe(inputs: RunInputs) -> Run:
 
     def loss(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         zq = model.tokens_to_latents(tokens[idx].to(inputs.device))  # (B, C, 1, N)
-        return pixel(model.decode(zq), idx, step)
+        return pixel(model.decode(zq), inputs.batch_images(idx), idx, step)
 
     return Run(model, loss, len(inputs.images), pixel=pixel)  # a frozen codebook is not restarted
 
@@ -270,7 +269,7 @@ def proxy_stage2_recipe(inputs: RunInputs) -> Run:
         x = inputs.batch_images(idx)
         with torch.no_grad():
             zq, _, _ = model.quantize(model.encode_latents(x))
-        return pixel(model.decode(zq), idx, step)
+        return pixel(model.decode(zq), x, idx, step)
 
     return Run(model, loss, len(inputs.images), pixel=pixel)
 
