@@ -101,7 +101,7 @@ image:
 clean:
 	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache *.egg-info
 
-# The shipped titok-fmnist family from scratch (about 4 h on 2 CPU cores; minutes on a GPU): classifier,
+# The shipped titok-fmnist family from scratch (about 5 h on 2 CPU cores; minutes on a GPU): classifier,
 # tokenizer, generator, sampling sweep, evaluation (docs/), export into model_repository/.
 FAMILY := checkpoints/titok-fmnist
 ship: setup-dev data
@@ -111,13 +111,16 @@ ship: setup-dev data
 	$(PY) -m training train configs/titok-fmnist-32-decoder-ft.yaml init=runs/titok-fmnist-32/checkpoint
 	$(PY) -m training train configs/titok-fmnist-32-ft-perceptual.yaml init=runs/titok-fmnist-32-decoder-ft/checkpoint
 	$(PY) -m training train configs/titok-fmnist-32-ft-class.yaml
+	$(PY) -m training train configs/titok-fmnist-32-ft-label.yaml
 	$(PY) -m training train configs/generator-fmnist-ft.yaml init=runs/generator-fmnist/checkpoint
+	$(PY) -m training train configs/generator-fmnist-ft.yaml init=runs/generator-fmnist-ft/checkpoint \
+		tokenizer=runs/titok-fmnist-32-ft-label/checkpoint out=runs/generator-fmnist-ft-label
 	rm -rf $(FAMILY) && mkdir -p $(FAMILY)
-	cp -r runs/titok-fmnist-32-ft-class/checkpoint $(FAMILY)/tokenizer
-	cp -r runs/generator-fmnist-ft/checkpoint $(FAMILY)/generator
+	cp -r runs/titok-fmnist-32-ft-label/checkpoint $(FAMILY)/tokenizer
+	cp -r runs/generator-fmnist-ft-label/checkpoint $(FAMILY)/generator
 	$(PY) -m training sweep --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
-		--classifier checkpoints/fmnist-classifier --steps 4,8 --guidance 2,3,4 --temperature 2,3 \
-		--num-per-class 100 --out docs/sampling-confirm.json --write-defaults
+		--classifier checkpoints/fmnist-classifier --steps 8 --guidance 3,4,5 --temperature 1.5,2,3 \
+		--num-per-class 50 --out docs/sampling-sweep-ft.json --write-defaults
 	$(PY) -m training evaluate --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
 		--classifier checkpoints/fmnist-classifier --num-per-class 100 --out docs/results.json --grid-dir docs
 	$(PY) -m export build --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator --family titok-fmnist \
