@@ -9,6 +9,7 @@ from torch import nn
 
 from titok_core.manifest import ServingLimits, write_manifest
 from titok_core.sampler import SamplingSettings
+from training.data import content_size
 from training.models import TiTokConfig, check_pair
 
 from .manifest import build_manifest
@@ -71,7 +72,8 @@ def build_family(
                 return BuildResult(report, None)
         signatures = family_signatures_of(tokenizer)
         write_models(out, family, graphs, signatures, settings)
-    manifest = build_manifest(
-        out, family, tokenizer.config, generator.config, signatures, settings, names, sources, report, sampling, limits
-    )
+    # the tokenizer's training data decides how the gateway lays out other-sized uploads (titok_core.images)
+    content = content_size(sources["tokenizer"]["metadata"].get("train_config", {}).get("data"))
+    args = (tokenizer.config, generator.config, signatures, settings, names, sources, report, sampling, limits, content)
+    manifest = build_manifest(out, family, *args)
     return BuildResult(report, write_manifest(out, manifest))

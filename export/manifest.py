@@ -21,6 +21,7 @@ def build_manifest(
     verification: dict | None,
     sampling: SamplingSettings | None = None,
     limits: ServingLimits | None = None,
+    content_size: int | None = None,
 ) -> Manifest:
     """The manifest of a family whose model files are already in ``repo``."""
     import onnx  # here, not at the top: reading a manifest (twin, tensorrt) should not load torch
@@ -40,6 +41,7 @@ def build_manifest(
         family=family,
         version=settings.version,
         image_size=tokenizer_config.image_size,
+        content_size=content_size,
         num_tokens=tokenizer_config.num_tokens,
         codebook_size=tokenizer_config.codebook_size,
         num_classes=gen.num_classes,

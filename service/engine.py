@@ -28,6 +28,7 @@ class ModelInfo:
     family: str
     version: int
     image_size: int
+    content_size: int | None  # the area the training images' content filled (titok_core.images.preprocess)
     num_tokens: int
     codebook_size: int
     num_classes: int
@@ -42,6 +43,7 @@ class ModelInfo:
             family=manifest.family,
             version=manifest.version,
             image_size=manifest.image_size,
+            content_size=manifest.content_size,
             num_tokens=manifest.num_tokens,
             codebook_size=manifest.codebook_size,
             num_classes=manifest.num_classes,

@@ -120,11 +120,12 @@ def decode_image(data: bytes, max_pixels: int, param: str) -> Image.Image:
     return load_pixels(open_image(data, max_pixels, param), param)
 
 
-def load_image(data: bytes, size: int, max_pixels: int, param: str) -> np.ndarray:
-    """Encoded bytes -> the model's (size, size, 3) uint8 input; the decoded pixels are released on return."""
+def load_image(data: bytes, size: int, max_pixels: int, param: str, content_size: int | None = None) -> np.ndarray:
+    """Encoded bytes -> the model's (size, size, 3) uint8 input (``content_size``: the family's content area,
+    ``titok_core.images.preprocess``); the decoded pixels are released on return."""
     img = decode_image(data, max_pixels, param)
     try:
-        return preprocess(img, size, release=True)
+        return preprocess(img, size, release=True, content_size=content_size)
     finally:
         img.close()
 

@@ -62,6 +62,11 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     version: int = Field(description="Model version in the repository.")
     image_size: int = Field(description="Side of the square images the model reads and writes, in pixels.")
+    content_size: int | None = Field(
+        description="Side of the centred square its training images' content filled, when smaller than image_size "
+        "(Fashion-MNIST: 28x28 on a black 32x32 canvas). An uploaded image of another size than image_size is fitted "
+        "to it and centred on black; null: images fill the frame (shorter side resized, centre crop)."
+    )
     num_tokens: int = Field(description="Tokens per image.")
     codebook_size: int = Field(description="Token ids lie in [0, codebook_size).")
     num_classes: int = Field(description="Number of generator classes.")

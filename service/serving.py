@@ -21,7 +21,7 @@ import numpy as np
 from titok_core.sampler import SamplingSettings, strength_mask
 
 from . import images as imaging
-from .engine import ServedModel
+from .engine import ModelInfo, ServedModel
 from .errors import BackendUnavailable, InvalidRequest, PayloadTooLarge
 from .metrics import Metrics
 from .registry import Registry
@@ -111,7 +111,7 @@ class Serving:
         with model.encoder.reserve(len(blobs)) as seats:  # 429 before any image is decoded
 
             async def work() -> np.ndarray:  # one guarded task for both stages
-                images = await self._decode(blobs, model.info.image_size, limits.max_image_pixels)
+                images = await self._decode(blobs, model.info)
                 return await model.tokenize(images, call.request_id, seats)
 
             tokens = await call.run(work(), deadline_s)
@@ -121,12 +121,14 @@ class Serving:
             model=info.family, tokens=tokens.tolist(), num_tokens=info.num_tokens, codebook_size=info.codebook_size
         )
 
-    async def _decode(self, blobs: list[bytes], size: int, limit: int, names: list[str] | None = None) -> np.ndarray:
-        """uint8 (B, size, size, 3). The cost is decided before any pixel is decoded: every header is read and
-        checked against the per-image (``limit``) and per-request pixel limits (413). Then the images are decoded
+    async def _decode(self, blobs: list[bytes], info: ModelInfo, names: list[str] | None = None) -> np.ndarray:
+        """uint8 (B, size, size, 3), preprocessed for ``info``'s family (its size and content area). The cost is
+        decided before any pixel is decoded: every header is read and checked against the per-image and
+        per-request pixel limits (413). Then the images are decoded
         and preprocessed one at a time in a worker thread, each released before the next, so a request holds at
         most one decoded image; run under ``call.run``, a deadline or a disconnect stops it between images."""
         names = names or [f"images[{i}]" for i in range(len(blobs))]
+        size, limit, content = info.image_size, info.limits.max_image_pixels, info.content_size
         costs = [imaging.decoded_pixels(data, limit, names[i]) for i, data in enumerate(blobs)]  # headers only
         if sum(costs) > self.settings.max_request_pixels:
             message = f"the images hold {sum(costs)} pixels, over the limit of {self.settings.max_request_pixels}"
@@ -134,9 +136,9 @@ class Serving:
         out = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
         for i, data in enumerate(blobs):
             if costs[i] <= _INLINE_DECODE_PIXELS:  # faster than the hop to a worker thread
-                out[i] = imaging.load_image(data, size, limit, names[i])
+                out[i] = imaging.load_image(data, size, limit, names[i], content)
             else:
-                work = partial(imaging.load_image, data, size, limit, names[i])
+                work = partial(imaging.load_image, data, size, limit, names[i], content)
                 out[i] = await asyncio.get_running_loop().run_in_executor(self._decoder, work)
         return out
 
@@ -254,9 +256,7 @@ class Serving:
         if image is not None:
             deadline_s = info.limits.deadline_s("variations")
             with model.encoder.reserve(1) as seats:
-                pixels = await call.run(
-                    self._decode([image], info.image_size, info.limits.max_image_pixels, ["image"]), deadline_s
-                )
+                pixels = await call.run(self._decode([image], info, ["image"]), deadline_s)
                 source = (await call.run(model.tokenize(pixels, call.request_id, seats), deadline_s))[0]
         elif body.tokens is not None:
             source = model.check_tokens([body.tokens], "tokens")[0]
@@ -310,6 +310,7 @@ def _card(name: str, model: ServedModel) -> ModelCard:
         id=name,
         version=info.version,
         image_size=info.image_size,
+        content_size=info.content_size,
         num_tokens=info.num_tokens,
         codebook_size=info.codebook_size,
         num_classes=info.num_classes,

@@ -108,6 +108,17 @@ def test_playground_in_chromium(server, sneaker, tmp_path):
         assert page.locator("#reconstruction").evaluate("img => img.naturalWidth") == 32
         assert float(page.locator("#psnr").text_content().split()[0]) > 15
         expect(page.locator("#psnr-note")).to_contain_text("Exact")
+        psnr = page.locator("#psnr").text_content()
+
+        # the same garment as the data set's own 28x28 file: laid out on black as in training (the family's
+        # content_size), so the same tokens and the same exact PSNR
+        native = tmp_path / "native.png"
+        Image.open(sneaker).convert("L").crop((2, 2, 30, 30)).save(native)
+        page.set_input_files("#file", str(native))
+        expect(page.locator("#status")).to_contain_text("Tokenized native.png")
+        expect(page.locator("#psnr-note")).to_contain_text("Exact: the input is already 28 px")
+        assert [int(v) for v in ids.evaluate_all("inputs => inputs.map(i => i.value)")] == tokens
+        expect(page.locator("#psnr")).to_have_text(psnr)
 
         # the guidance schedule starts at the model's default and goes into the request
         default = httpx.get(f"{server.url}/v1/models", headers=AUTH).json()["data"][0]["sampling"]

@@ -7,6 +7,11 @@ model's size with bicubic filtering (PIL widens the kernel when shrinking, i.e. 
 cropped, as torchvision's ``Resize(size)`` + ``CenterCrop(size)``. An image more elongated than ``MAX_ASPECT`` has its
 centre square cut out *before* resizing, so a 1x100,000 strip is never resized up into gigabytes.
 
+A family whose training images did not fill the frame says so with a content size (Fashion-MNIST: 28x28 garments
+centred on a black 32x32 canvas): an image of any other size than the model's is then fitted to that content area
+(shorter side to ``content_size``, centre square) and centred on black, so a native 28x28 Fashion-MNIST file is
+exactly a training image; an image already at the model's size (e.g. one the model itself returned) is taken as is.
+
 Conversions work strip by strip: a large image costs its decoded pixels plus one RGB copy, not several copies.
 """
 
@@ -76,9 +81,16 @@ def crop_box(width: int, height: int) -> tuple[int, int, int, int] | None:
     return left, top, left + side, top + side
 
 
-def preprocess(img: Image.Image, size: int, release: bool = False) -> np.ndarray:
+def preprocess(img: Image.Image, size: int, release: bool = False, content_size: int | None = None) -> np.ndarray:
     """The model's input (size, size, 3) uint8: RGB, shorter side to ``size`` (bicubic, antialiased), centre crop.
-    ``release``: ``img`` is closed (its pixels freed) as soon as a converted copy exists (the caller is done)."""
+    ``release``: ``img`` is closed (its pixels freed) as soon as a converted copy exists (the caller is done).
+    ``content_size`` (< ``size``): an image not already ``size`` x ``size`` is fitted to ``content_size`` and
+    centred on black (the module's docstring says why)."""
+    if content_size is not None and content_size < size and img.size != (size, size):
+        margin = (size - content_size) // 2
+        canvas = np.zeros((size, size, 3), dtype=np.uint8)
+        canvas[margin : margin + content_size, margin : margin + content_size] = preprocess(img, content_size, release)
+        return canvas
     source = img
     box = crop_box(*img.size)
     if box is not None:  # before the conversion too: only the square is converted

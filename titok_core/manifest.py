@@ -137,6 +137,9 @@ class Manifest:
     verification: dict | None = None  # the exporter's parity report against PyTorch
     serving: ServingLimits = field(default_factory=ServingLimits)  # limits sized for this family
     sampler: int = SAMPLER_VERSION  # the sampler the step graph implements (titok_core.sampler)
+    # the side of the square the training images' content filled, when smaller than image_size (Fashion-MNIST: 28 in
+    # 32): other-sized inputs are fitted to it and centred on black (titok_core.images.preprocess); None: the frame
+    content_size: int | None = None
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -149,6 +152,9 @@ class Manifest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
+        c = self.content_size
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= self.image_size):
+            raise ValueError(f"content_size must be null or an integer from 1 to image_size, not {c!r}")
 
     # the vocabulary's two extra ids, by the sampler's convention
     @property
@@ -165,6 +171,7 @@ class Manifest:
             "family": self.family,
             "version": self.version,
             "image_size": self.image_size,
+            "content_size": self.content_size,
             "num_tokens": self.num_tokens,
             "codebook_size": self.codebook_size,
             "mask_id": self.mask_id,
@@ -197,6 +204,7 @@ class Manifest:
                 family=str(data["family"]),
                 version=data["version"],
                 image_size=data["image_size"],
+                content_size=data.get("content_size"),  # older manifests: the image fills the frame
                 num_tokens=data["num_tokens"],
                 codebook_size=data["codebook_size"],
                 num_classes=data["num_classes"],

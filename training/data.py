@@ -89,6 +89,17 @@ def load_fashion_mnist(
     split: str = "train", root: str | Path = FASHION_MNIST_DIR, limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST as uint8 (N, 3, 32, 32) and int64 (N,): 28x28 padded by 2 black pixels, grey -> RGB."""
+    images, labels = read_fashion_mnist(split, root, limit)
+    padded = np.zeros((len(images), 32, 32), dtype=np.uint8)  # (N, 32, 32), black border
+    padded[:, 2:30, 2:30] = images
+    out = torch.from_numpy(padded).unsqueeze(1).repeat(1, 3, 1, 1)  # (N, 3, 32, 32), a fresh copy
+    return out, torch.from_numpy(labels.astype(np.int64))
+
+
+def read_fashion_mnist(
+    split: str = "train", root: str | Path = FASHION_MNIST_DIR, limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The IDX files as they are: grey uint8 (N, 28, 28) and uint8 labels (N,), checked."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     prefix = "train" if split == "train" else "t10k"
@@ -101,10 +112,7 @@ def load_fashion_mnist(
         raise DatasetCorruptError(f"{split}: label {labels.max()} out of range under {root}")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]  # slice before padding: cheap for small limits
-    padded = np.zeros((len(images), 32, 32), dtype=np.uint8)  # (N, 32, 32), black border
-    padded[:, 2:30, 2:30] = images
-    out = torch.from_numpy(padded).unsqueeze(1).repeat(1, 3, 1, 1)  # (N, 3, 32, 32), a fresh copy
-    return out, torch.from_numpy(labels.astype(np.int64))
+    return images, labels
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,6 +189,12 @@ class ImageFolder(Dataset):
         with Image.open(path) as img:
             img.load()
             return pil_to_uint8_chw(resize_center_crop(img, self.image_size)), label  # (3, size, size)
+
+
+def content_size(data: str | None) -> int | None:
+    """The side of the centred square the data set's image content fills, when smaller than the model's input
+    (Fashion-MNIST: 28x28 on the black 32x32 canvas of ``load_fashion_mnist``); None when the images fill it."""
+    return 28 if (data or "").lower() in ("fashion-mnist", "fashion_mnist") else None
 
 
 def build_dataset(name_or_path: str, split: str, image_size: int = 32, limit: int | None = None) -> Dataset:

@@ -199,8 +199,9 @@ const roundHalfEven = (x) => (Math.abs(x % 1) === 0.5 && Math.round(x) % 2 ? Mat
 
 /**
  * Draw `bitmap` as the gateway preprocesses it: on black, shorter side resized to the model's size, centre
- * square. Exact when the shorter side already has that size; otherwise the browser's resampling stands in for
- * PIL's bicubic filter, so the PSNR against it is approximate.
+ * square; for a family with a content size (Fashion-MNIST: 28 in 32), an image of another size than the model's
+ * is fitted to that centred square instead. Exact when the shorter side already has the target size; otherwise
+ * the browser's resampling stands in for PIL's bicubic filter, so the PSNR against it is approximate.
  */
 function drawInput(bitmap) {
   const size = model.image_size;
@@ -210,14 +211,22 @@ function drawInput(bitmap) {
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, size, size);
   const { width: w, height: h } = bitmap;
-  const exact = Math.min(w, h) === size;
-  const [nw, nh] = w <= h ? [size, Math.max(size, Math.floor((size * h) / w))] : [Math.max(size, Math.floor((size * w) / h)), size];
+  const fitted = model.content_size && model.content_size < size && !(w === size && h === size);
+  const area = fitted ? model.content_size : size;
+  const margin = Math.floor((size - area) / 2);
+  const exact = Math.min(w, h) === area;
+  const [nw, nh] = w <= h ? [area, Math.max(area, Math.floor((area * h) / w))] : [Math.max(area, Math.floor((area * w) / h)), area];
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(margin, margin, area, area); // the crop: nothing outside the content square
+  ctx.clip();
   ctx.imageSmoothingEnabled = true;
   ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(bitmap, -roundHalfEven((nw - size) / 2), -roundHalfEven((nh - size) / 2), nw, nh);
+  ctx.drawImage(bitmap, margin - roundHalfEven((nw - area) / 2), margin - roundHalfEven((nh - area) / 2), nw, nh);
+  ctx.restore();
   source = ctx.getImageData(0, 0, size, size);
   $("psnr-note").textContent = exact
-    ? `Exact: the input is already ${size} px on its shorter side.`
+    ? `Exact: the input is already ${area} px on its shorter side.`
     : `Approximate: the browser resized the ${w}\u00d7${h} input; the gateway uses PIL's bicubic filter.`;
 }
 
