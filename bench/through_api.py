@@ -1,6 +1,8 @@
-"""Reconstruction quality as an outside judge measures it: the Fashion-MNIST test set sent over real HTTP
-(``/v1/tokenize``, then ``/v1/detokenize`` of the answer), the returned PNGs scored against the training layout of
-the same images (PSNR, and rFID* and class kept by the repository's classifier, ``training.evaluation``).
+"""Quality as an outside judge measures it, over real HTTP: the Fashion-MNIST test set through ``/v1/tokenize``
+and then ``/v1/detokenize`` of the answer, the returned PNGs scored against the training layout of the same images
+(PSNR, and rFID* and class kept by the repository's classifier, ``training.evaluation``); and ``/v1/generate`` at
+the served defaults, 100 images per class with the evaluation's seeds (class c, image i: seed 100 c + i), scored
+like ``python -m training evaluate`` (gFID* against the test set, IS*, class accuracy).
 
     python -m bench.through_api                    # 10,000 test images; gateways spawned on model_repository
     python -m bench.through_api --num-test 2000
@@ -8,7 +10,7 @@ the same images (PSNR, and rFID* and class kept by the repository's classifier, 
 Rows: the data set's own 28x28 files and the 32x32 training layout, through the gateway as it is, and the 28x28
 files through the same repository with ``content_size`` removed from the manifest (as families were exported
 before it existed: the image resized to fill the 32x32 frame). The in-process evaluation of the same images
-(PyTorch, no HTTP) is the reference row. Prints a Markdown table.
+(PyTorch, no HTTP) is the reference row. Prints Markdown tables.
 """
 
 import argparse
@@ -29,7 +31,10 @@ from bench.load import _Gateway
 from titok_core.manifest import manifest_paths
 from training.checkpoint import load_checkpoint
 from training.data import load_fashion_mnist, read_fashion_mnist
+from training.evaluation.features import classify, fid_from_features, softmax
+from training.evaluation.generation import evaluate_generation
 from training.evaluation.reconstruction import reconstruct, reconstruction_metrics
+from training.metrics import inception_score
 
 FAMILY = "titok-fmnist"
 BATCH = 64  # images per request: the gateway's default max_images
@@ -61,6 +66,28 @@ def round_trip(url: str, images: list[str], clients: int = 4) -> tuple[torch.Ten
     return tokens, recon
 
 
+def generated(url: str, num_classes: int, per_class: int, clients: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 (M, 3, H, W), labels (M,)) from /v1/generate at the served defaults, class-major, item k of the
+    M = num_classes x per_class with seed k (the seeds of ``training.evaluation.generation``)."""
+    chunk = 50  # images per request, within the gateway's max_n
+
+    def one(start: int) -> list[np.ndarray]:
+        label, n = start // per_class, min(chunk, per_class - start % per_class)
+        body = {"model": FAMILY, "class_labels": [label], "n": n, "seed": start}
+        r = httpx.post(f"{url}/v1/generate", json=body, timeout=600)
+        r.raise_for_status()
+        return [
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(i["b64_json"]))).convert("RGB"))
+            for i in r.json()["images"]
+        ]
+
+    starts = [c * per_class + i for c in range(num_classes) for i in range(0, per_class, chunk)]
+    with ThreadPoolExecutor(clients) as pool:
+        images = [x for part in pool.map(one, starts) for x in part]
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2), labels
+
+
 def _without_content_size(repo: Path, into: Path) -> Path:
     """A copy of the repository whose manifests lack ``content_size`` (as exported before the field existed)."""
     shutil.copytree(repo, into)
@@ -89,10 +116,30 @@ def run(args) -> str:
 
     rows = {}
     rows["in process (PyTorch, the training layout)", "-"] = scored(*reconstruct(tokenizer, padded))
+    generator = load_checkpoint(args.generator)
+    num_classes = generator.config.num_classes
+    real_features = classify(classifier, padded)[0]
+
+    def scored_samples(images: torch.Tensor, labels: torch.Tensor) -> dict:
+        feats, logits = classify(classifier, images)
+        return {
+            "gfid": fid_from_features(real_features, feats),
+            "inception_score": inception_score(softmax(logits)),
+            "class_accuracy": float((logits.argmax(axis=1) == labels.numpy()).mean()),
+        }
+
+    samples = {}
+    reference = evaluate_generation(generator, tokenizer, classifier, args.num_per_class, real_images=padded)
+    samples["in process (PyTorch generator, titok_core.sampler)"] = scored_samples(
+        reference["images"], reference["labels"]
+    )
     gateway = _Gateway(args.repo)
     try:
         for name, images in files.items():
             rows[name, "content_size from the manifest"] = scored(*round_trip(gateway.url, images))
+        samples["/v1/generate (the step graph)"] = scored_samples(
+            *generated(gateway.url, num_classes, args.num_per_class)
+        )
     finally:
         gateway.close()
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +158,16 @@ def run(args) -> str:
     ]
     for (sent, layout), r in rows.items():
         lines.append(f"| {sent} | {layout} | {r['psnr']:.2f} | {r['rfid']:.3f} | {r['class_kept']:.2%} |")
+    lines += [
+        "",
+        f"Generation at the served defaults, {args.num_per_class} images per class (seeds 0 to "
+        f"{num_classes * args.num_per_class - 1}):",
+        "",
+        "| sampled by | gFID* | IS* | class accuracy |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, r in samples.items():
+        lines.append(f"| {name} | {r['gfid']:.3f} | {r['inception_score']:.2f} | {r['class_accuracy']:.2%} |")
     return "\n".join(lines)
 
 
@@ -118,8 +175,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repo", default="model_repository")
     p.add_argument("--tokenizer", default="checkpoints/titok-fmnist/tokenizer", help="the family's source")
+    p.add_argument("--generator", default="checkpoints/titok-fmnist/generator", help="the family's source")
     p.add_argument("--classifier", default="checkpoints/fmnist-classifier")
     p.add_argument("--num-test", type=int, default=10_000)
+    p.add_argument("--num-per-class", type=int, default=100, help="generated images per class")
     p.add_argument("--threads", type=int, default=1, help="PyTorch threads here (the gateway has its own)")
     return p
 
