@@ -123,10 +123,10 @@ class Serving:
 
     async def _decode(self, blobs: list[bytes], info: ModelInfo, names: list[str] | None = None) -> np.ndarray:
         """uint8 (B, size, size, 3), preprocessed for ``info``'s family (its size and content area). The cost is
-        decided before any pixel is decoded: every header is read and checked against the per-image and
-        per-request pixel limits (413). Then the images are decoded
-        and preprocessed one at a time in a worker thread, each released before the next, so a request holds at
-        most one decoded image; run under ``call.run``, a deadline or a disconnect stops it between images."""
+        decided before any pixel is decoded: every header is read and checked against the per-image and per-request
+        pixel limits (413). Then the images are decoded and preprocessed one at a time in a worker thread, each
+        released before the next, so a request holds at most one decoded image; run under ``call.run``, a deadline
+        or a disconnect stops it between images."""
         names = names or [f"images[{i}]" for i in range(len(blobs))]
         size, limit, content = info.image_size, info.limits.max_image_pixels, info.content_size
         costs = [imaging.decoded_pixels(data, limit, names[i]) for i, data in enumerate(blobs)]  # headers only

@@ -93,6 +93,7 @@ def test_models(server):
     result = titok("models", url=server.url)
     assert result.returncode == 0, result.stderr
     assert FAMILY in result.stdout and "7 Sneaker" in result.stdout
+    assert "32x32 images (content in the centred 28x28: other sizes are fitted to it)" in result.stdout
     # options before the command work too, and --json is the API's answer
     result = titok("--url", server.url, "--api-key", KEY, "models", "--json", key=None)
     cards = httpx.get(f"{server.url}/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]

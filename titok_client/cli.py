@@ -105,9 +105,11 @@ def cmd_models(client: Client, args) -> None:
         return
     for card in cards:
         s = card["sampling"]
+        content = card.get("content_size")  # older gateways do not send it
         print(
-            f"{card['id']} (version {card['version']}): {card['image_size']}x{card['image_size']} images, "
-            f"{card['num_tokens']} tokens over {card['codebook_size']} codes"
+            f"{card['id']} (version {card['version']}): {card['image_size']}x{card['image_size']} images"
+            + (f" (content in the centred {content}x{content}: other sizes are fitted to it)" if content else "")
+            + f", {card['num_tokens']} tokens over {card['codebook_size']} codes"
         )
         print(_classes_line(card["classes"], args.search))
         print(
