@@ -73,7 +73,7 @@ def build_family(
         signatures = family_signatures_of(tokenizer)
         write_models(out, family, graphs, signatures, settings)
     # the tokenizer's training data decides how the gateway lays out other-sized uploads (titok_core.images)
-    content = content_size(sources["tokenizer"]["metadata"].get("train_config", {}).get("data"))
+    content = content_size((sources["tokenizer"]["metadata"].get("train_config") or {}).get("data"))
     args = (tokenizer.config, generator.config, signatures, settings, names, sources, report, sampling, limits, content)
     manifest = build_manifest(out, family, *args)
     return BuildResult(report, write_manifest(out, manifest))
