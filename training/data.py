@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from titok_core.images import preprocess
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_SIDE = 28  # the files' images; training centres them on a black 32x32 canvas
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -90,8 +91,9 @@ def load_fashion_mnist(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST as uint8 (N, 3, 32, 32) and int64 (N,): 28x28 padded by 2 black pixels, grey -> RGB."""
     images, labels = read_fashion_mnist(split, root, limit)
+    m = (32 - FASHION_MNIST_SIDE) // 2
     padded = np.zeros((len(images), 32, 32), dtype=np.uint8)  # (N, 32, 32), black border
-    padded[:, 2:30, 2:30] = images
+    padded[:, m : m + FASHION_MNIST_SIDE, m : m + FASHION_MNIST_SIDE] = images
     out = torch.from_numpy(padded).unsqueeze(1).repeat(1, 3, 1, 1)  # (N, 3, 32, 32), a fresh copy
     return out, torch.from_numpy(labels.astype(np.int64))
 
@@ -194,7 +196,7 @@ class ImageFolder(Dataset):
 def content_size(data: str | None) -> int | None:
     """The side of the centred square the data set's image content fills, when smaller than the model's input
     (Fashion-MNIST: 28x28 on the black 32x32 canvas of ``load_fashion_mnist``); None when the images fill it."""
-    return 28 if (data or "").lower() in ("fashion-mnist", "fashion_mnist") else None
+    return FASHION_MNIST_SIDE if (data or "").lower() in ("fashion-mnist", "fashion_mnist") else None
 
 
 def build_dataset(name_or_path: str, split: str, image_size: int = 32, limit: int | None = None) -> Dataset:
