@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from training.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
 from training.data import FASHION_MNIST_CLASSES, load_fashion_mnist
-from training.models import FMNISTClassifier
+from training.models import FMNISTClassifier, TiTokConfig, deepen_decoder
 from training.train import load_config, lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +138,38 @@ def test_decoder_fine_tuning_resumes_exactly(tmp_path, runs):
     assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
 
 
+def test_a_grown_decoder_starts_where_its_init_decodes_and_keeps_every_token(tmp_path, runs):
+    """init + model_overrides={decoder_depth: N}: new decoder blocks start as the identity (the grown model decodes
+    exactly as its init did), training moves them, the tokens stay, and a stopped run resumes exactly."""
+    base = load_checkpoint(runs / "tokenizer/checkpoint")
+    assert base.config.decoder_depth is None and len(base.decoder.transformer) == base.config.depth == 1
+    grown = deepen_decoder(base, 3).eval()
+    ids = torch.randint(0, base.config.codebook_size, (4, base.config.num_tokens))
+    assert torch.equal(grown.decode_tokens(ids), base.decode_tokens(ids))
+
+    extra = ["recipe=tokenizer", f"init={runs / 'tokenizer/checkpoint'}", "freeze_encoder=true", "steps=4"]
+    extra += ["model_overrides={decoder_depth: 3}", "ckpt_every=2"]
+    run(tmp_path, "straight", *extra)
+    run(tmp_path, "resumed", *extra, "stop_at=2")
+    run(tmp_path, "resumed", *extra)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    tuned = load_checkpoint(tmp_path / "straight/checkpoint")
+    assert tuned.config.decoder_depth == 3 and len(tuned.decoder.transformer) == 3
+    assert len(tuned.encoder.transformer) == 1
+    new_proj = tuned.decoder.transformer[2].mlp.c_proj.weight
+    assert new_proj.abs().sum() > 0  # the new blocks learned
+    images = load_fashion_mnist("train", limit=32)[0]
+    assert torch.equal(tuned.encode(images), base.encode(images))
+
+
+def test_a_decoder_does_not_shrink(tmp_path, runs):
+    extra = ["recipe=tokenizer", f"init={runs / 'tokenizer/checkpoint'}", "freeze_encoder=true", "steps=1"]
+    with pytest.raises(ValueError, match="would drop blocks"):
+        run(tmp_path, "shallower", *extra, "model_overrides={decoder_depth: 0}")
+    with pytest.raises(ValueError, match="decoder_depth must be at least 1"):
+        TiTokConfig(decoder_depth=0)
+
+
 def test_pixel_losses_are_logged(runs):
     with (runs / "tokenizer" / "metrics.csv").open() as f:
         row = next(csv.DictReader(f))
@@ -234,7 +266,7 @@ def test_config_errors_are_clear(tmp_path):
         load_config(None, ["lr=fast"])
     with pytest.raises(ValueError, match="steps must be an integer"):
         load_config(None, ["steps=1.5"])
-    with pytest.raises(ValueError, match="model_overrides do not apply"):
+    with pytest.raises(ValueError, match="only decoder_depth applies to an init checkpoint"):
         run(tmp_path, "t", "recipe=tokenizer", "init=checkpoints/titok-fmnist/tokenizer", "model_overrides={depth: 1}")
     with pytest.raises(ValueError, match="needs tokenizer"):
         run(tmp_path, "g", "recipe=generator", "model=generator-fmnist", "steps=1")

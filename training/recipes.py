@@ -32,7 +32,7 @@ from .losses import (
     hinge_g_loss,
     masked_token_loss,
 )
-from .models import MaskGITVQGAN, ModelConfig, TiTok, build_model, check_pair, get_config, strict_fields
+from .models import MaskGITVQGAN, ModelConfig, TiTok, build_model, check_pair, deepen_decoder, get_config, strict_fields
 from .models.blocks import to_unit_float
 from .models.quantizer import VectorQuantizer
 
@@ -199,11 +199,18 @@ def tokenizer_recipe(inputs: RunInputs) -> Run:
     only the decoder learns (the paper's decoder fine-tuning): every image keeps its tokens, so they are computed
     once, and a generator trained on them stays valid."""
     cfg = inputs.cfg
-    if cfg.init and cfg.model_overrides:
-        raise ValueError("model_overrides do not apply to an init checkpoint (its config is kept)")
+    grow = dict(cfg.model_overrides or {}) if cfg.init else {}
+    decoder_depth = grow.pop("decoder_depth", None)
+    if grow:
+        raise ValueError(
+            "of model_overrides, only decoder_depth applies to an init checkpoint (its decoder grows new blocks); "
+            f"the rest of its config is kept, so {sorted(grow)} cannot be changed"
+        )
     model = load_checkpoint(cfg.init) if cfg.init else build_model(model_config(cfg))
     if not isinstance(model, TiTok) or model.config.decoder_head != "pixel":
         raise ValueError("recipe 'tokenizer' trains a TiTok with decoder_head 'pixel'")
+    if decoder_depth is not None:
+        model = deepen_decoder(model, decoder_depth)
     if not cfg.freeze_encoder:
         return _pixel_run(model, inputs)
     model.freeze_encoder()

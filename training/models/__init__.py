@@ -25,7 +25,7 @@ from .config import (
 from .generator import MaskGITBert, MaskGITUViT
 from .maskgit_vqgan import MaskGITVQGAN
 from .presets import PRESETS
-from .titok import TiTok
+from .titok import TiTok, deepen_decoder
 
 __all__ = [
     "PRESETS",
@@ -43,6 +43,7 @@ __all__ = [
     "check_pair",
     "config_from_dict",
     "config_to_dict",
+    "deepen_decoder",
     "get_config",
     "strict_fields",
 ]

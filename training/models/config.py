@@ -51,6 +51,7 @@ class TiTokConfig:
     logits over the codes of ``pixel_vqgan``, decoded by its frozen-then-finetuned pixel decoder).
     ``grid_tokens`` is the paper's 2D ablation: no latent tokens, the patch grid itself is quantized.
     ``legacy_reshape`` reproduces the released models' memory reshape before ``conv_out``.
+    ``decoder_depth`` gives the decoder its own number of blocks (None: ``depth``, as in every released layout).
     """
 
     kind = "titok"
@@ -69,10 +70,15 @@ class TiTokConfig:
     legacy_reshape: bool = False
     grid_tokens: bool = False
     pixel_vqgan: VQGANConfig | None = field(default_factory=VQGANConfig)
+    decoder_depth: int | None = None
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def decoder_blocks(self) -> int:
+        return self.depth if self.decoder_depth is None else self.decoder_depth
 
     @property
     def num_tokens(self) -> int:
@@ -84,6 +90,8 @@ class TiTokConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if self.decoder_depth is not None and self.decoder_depth < 1:
+            raise ValueError(f"decoder_depth must be at least 1 (or None for depth), not {self.decoder_depth}")
         if self.decoder_head not in ("pixel", "proxy"):
             raise ValueError(f"decoder_head must be 'pixel' or 'proxy', not {self.decoder_head!r}")
         if isinstance(self.pixel_vqgan, dict):

@@ -7,6 +7,8 @@ logits over a MaskGIT-VQGAN's codes that its pixel decoder renders ("proxy" head
 With ``grid_tokens`` the same machinery is the paper's 2D baseline: the patch grid itself is quantized.
 """
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -38,8 +40,8 @@ class DepthToSpace(nn.Module):
         return x.reshape(b, 3, h * p, w * p)
 
 
-def _blocks(cfg: TiTokConfig) -> nn.ModuleList:
-    return nn.ModuleList([ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+def _blocks(cfg: TiTokConfig, depth: int) -> nn.ModuleList:
+    return nn.ModuleList([ResidualAttentionBlock(cfg.width, cfg.heads, cfg.mlp_ratio) for _ in range(depth)])
 
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +69,7 @@ class TiTokEncoder(nn.Module):
         if not cfg.grid_tokens:
             self.latent_token_positional_embedding = _embedding(cfg.num_latent_tokens, w, width=w)
         self.ln_pre = nn.LayerNorm(w)
-        self.transformer = _blocks(cfg)
+        self.transformer = _blocks(cfg, cfg.depth)
         self.ln_post = nn.LayerNorm(w)
         self.conv_out = nn.Conv2d(w, cfg.token_size, 1)
 
@@ -103,7 +105,7 @@ class TiTokDecoder(nn.Module):
             self.mask_token = _embedding(1, 1, w, width=w)
             self.latent_token_positional_embedding = _embedding(cfg.num_latent_tokens, w, width=w)
         self.ln_pre = nn.LayerNorm(w)
-        self.transformer = _blocks(cfg)
+        self.transformer = _blocks(cfg, cfg.decoder_blocks)
         self.ln_post = nn.LayerNorm(w)
         if cfg.decoder_head == "proxy":
             k = cfg.pixel_vqgan.codebook_size
@@ -192,3 +194,23 @@ class TiTok(nn.Module):
             module.requires_grad_(False).eval()
         if hasattr(self, "latent_tokens"):
             self.latent_tokens.requires_grad_(False)
+
+
+def deepen_decoder(model: TiTok, depth: int) -> TiTok:
+    """A copy of ``model`` whose decoder has ``depth`` blocks: its own, then new ones whose output projections
+    start at zero, so each new block is the identity and the copy decodes exactly as ``model`` did. Fine-tuning
+    then adds capacity to a decoder without touching the encoder or the codebook, so every image keeps its tokens."""
+    old = model.config.decoder_blocks
+    if depth < old:
+        raise ValueError(f"decoder_depth {depth} would drop blocks of a decoder that has {old}")
+    grown = TiTok(replace(model.config, decoder_depth=depth))
+    own = model.state_dict()
+    grown.load_state_dict(own, strict=False)
+    for blk in grown.decoder.transformer[old:]:
+        for proj in (blk.attn.out_proj, blk.mlp.c_proj):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+    new_keys = set(grown.state_dict()) - set(own)
+    assert all(k.startswith("decoder.transformer.") for k in new_keys), "only decoder blocks are new"
+    return grown.train(model.training)
+
