@@ -213,4 +213,3 @@ def deepen_decoder(model: TiTok, depth: int) -> TiTok:
     new_keys = set(grown.state_dict()) - set(own)
     assert all(k.startswith("decoder.transformer.") for k in new_keys), "only decoder blocks are new"
     return grown.train(model.training)
-
