@@ -115,8 +115,9 @@ ship: setup-dev data
 	$(PY) -m training train configs/generator-fmnist-ft.yaml init=runs/generator-fmnist/checkpoint
 	$(PY) -m training train configs/generator-fmnist-ft.yaml init=runs/generator-fmnist-ft/checkpoint \
 		tokenizer=runs/titok-fmnist-32-ft-label/checkpoint out=runs/generator-fmnist-ft-label
+	$(PY) -m training train configs/titok-fmnist-32-decoder-deep.yaml
 	rm -rf $(FAMILY) && mkdir -p $(FAMILY)
-	cp -r runs/titok-fmnist-32-ft-label/checkpoint $(FAMILY)/tokenizer
+	cp -r runs/titok-fmnist-32-decoder-deep/checkpoint $(FAMILY)/tokenizer
 	cp -r runs/generator-fmnist-ft-label/checkpoint $(FAMILY)/generator
 	$(PY) -m training sweep --tokenizer $(FAMILY)/tokenizer --generator $(FAMILY)/generator \
 		--classifier checkpoints/fmnist-classifier --steps 8 --guidance 3,4,5 --temperature 1.5,2,3 \
