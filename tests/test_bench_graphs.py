@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bench import graphs
 from export.sources import load_source
@@ -26,7 +25,6 @@ def test_the_graph_bench_writes_a_row_per_graph_and_pipeline():
 def test_the_raced_twins_compute_the_same_thing(tmp_path):
     tokenizer, _ = load_source(str(FAMILY / "tokenizer"))
     generator, _ = load_source(str(FAMILY / "generator"))
-    torch.set_num_threads(1)
     engines = graphs.Engines(tokenizer, generator, graphs.export_three(tokenizer, generator, tmp_path), 1, False)
     feeds = graphs.graph_inputs(tokenizer, generator, 2, np.random.default_rng(0))
     for graph in graphs.GRAPHS:
