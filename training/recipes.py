@@ -197,7 +197,8 @@ def _pixel_run(model: nn.Module, inputs: RunInputs) -> Run:
 def tokenizer_recipe(inputs: RunInputs) -> Run:
     """Single-stage TiTok (and the 2D ablation). With ``init`` it fine-tunes a checkpoint; with ``freeze_encoder``
     only the decoder learns (the paper's decoder fine-tuning): every image keeps its tokens, so they are computed
-    once, and a generator trained on them stays valid."""
+    once, and a generator trained on them stays valid. ``model_overrides={decoder_depth: N}`` with ``init`` grows
+    the decoder (``deepen_decoder``); no other override applies to an init checkpoint."""
     cfg = inputs.cfg
     grow = dict(cfg.model_overrides or {}) if cfg.init else {}
     decoder_depth = grow.pop("decoder_depth", None)

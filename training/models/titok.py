@@ -204,12 +204,10 @@ def deepen_decoder(model: TiTok, depth: int) -> TiTok:
     if depth < old:
         raise ValueError(f"decoder_depth {depth} would drop blocks of a decoder that has {old}")
     grown = TiTok(replace(model.config, decoder_depth=depth))
-    own = model.state_dict()
-    grown.load_state_dict(own, strict=False)
+    loaded = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not loaded.unexpected_keys and all(k.startswith("decoder.transformer.") for k in loaded.missing_keys)
     for blk in grown.decoder.transformer[old:]:
         for proj in (blk.attn.out_proj, blk.mlp.c_proj):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
-    new_keys = set(grown.state_dict()) - set(own)
-    assert all(k.startswith("decoder.transformer.") for k in new_keys), "only decoder blocks are new"
     return grown.train(model.training)
